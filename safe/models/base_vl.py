@@ -1,0 +1,267 @@
+"""The frozen base vision-language model: a real Hugging Face `LlavaForConditionalGeneration`.
+
+`BaseVLModel` loads any LLaVA-family checkpoint (local folder or hub id) or, for the offline profiles, a small
+LLaVA that `safe.training.base_vl` built from a config and trained here. It is always frozen and in eval mode.
+It gives SAFE what it needs: prompt building with the image placeholder, batch encoding (left padding, so
+teacher-forced scoring and `generate` see the same positions), the decoder layers (where fusion hooks attach),
+greedy short-answer generation and per-answer log-probs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import (
+    AutoProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from safe.config import ModelConfig
+
+IMAGE_TOKEN = "<image>"
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", IMAGE_TOKEN]
+PROMPT_WORDS = ["user", ":", "assistant"]
+REQUIRED_CHECKPOINT_FILES = ("config.json",)
+
+
+class CheckpointError(FileNotFoundError):
+    """A checkpoint folder is missing files; the message names the folder and the files."""
+
+
+@dataclass
+class VLBatch:
+    """Tokenised inputs for the base VL. Left-padded; `labels` is -100 outside the answer tokens."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    pixel_values: torch.Tensor | None  # (N_img, 3, H, W), one per example that has an image
+    labels: torch.Tensor | None = None  # (B, T)
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """Positions that ignore left padding, as `generate` computes them."""
+        pos = self.attention_mask.long().cumsum(-1) - 1  # (B, T)
+        return pos.masked_fill(self.attention_mask == 0, 0)
+
+    def to(self, device: torch.device | str) -> "VLBatch":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return VLBatch(move(self.input_ids), move(self.attention_mask), move(self.pixel_values), move(self.labels))
+
+
+def build_word_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the words of `texts` (offline profiles have no pretrained tokenizer).
+
+    Words outside the vocabulary (e.g. in held-out paraphrases) map to `<unk>`.
+    """
+    pre = pre_tokenizers.Whitespace()
+    norm = normalizers.Lowercase()
+    words: set[str] = set(PROMPT_WORDS)
+    for text in texts:
+        words.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text)))
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for word in sorted(words):
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = norm
+    backend.pre_tokenizer = pre
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        padding_side="left",
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    return tokenizer
+
+
+def build_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int) -> LlavaProcessor:
+    """A LLaVA processor (CLIP image preprocessing + tokenizer) built without the hub."""
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+    )
+    return LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+    )
+
+
+def build_llava(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, image_size: int) -> LlavaForConditionalGeneration:
+    """A small LLaVA (CLIP vision tower + Llama LM) from `cfg`, randomly initialised (seeded)."""
+    vision = CLIPVisionConfig(
+        hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_hidden * 4, num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads, image_size=image_size, patch_size=cfg.patch_size, projection_dim=cfg.text_hidden,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.text_hidden, intermediate_size=cfg.text_intermediate,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, num_key_value_heads=cfg.text_heads,
+        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=(image_size // cfg.patch_size) ** 2, vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(cfg.seed)
+    return LlavaForConditionalGeneration(config)
+
+
+def check_checkpoint_folder(folder: Path) -> None:
+    """Raise `CheckpointError` naming what is missing from a local checkpoint folder."""
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {folder}")
+    missing = [name for name in REQUIRED_CHECKPOINT_FILES if not (folder / name).is_file()]
+    has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+    if not has_weights:
+        missing.append("model weights (*.safetensors or *.bin)")
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
+        missing.append("tokenizer (tokenizer.json or tokenizer.model)")
+    if missing:
+        raise CheckpointError(f"checkpoint folder {folder} is missing: {', '.join(missing)}")
+
+
+class BaseVLModel(nn.Module):
+    """Frozen LLaVA with the helpers SAFE needs. Never trains: `train()` keeps it in eval mode."""
+
+    def __init__(self, llava: LlavaForConditionalGeneration, processor: LlavaProcessor, source: str = "config"):
+        super().__init__()
+        self.llava = llava
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.tokenizer.padding_side = "left"
+        self.source = source
+        for param in self.llava.parameters():
+            param.requires_grad_(False)
+        self.eval()
+
+    # -- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path, dtype: torch.dtype = torch.float32) -> "BaseVLModel":
+        """Load a LLaVA checkpoint from a local folder (checked for missing files) or a hub id."""
+        path = Path(path_or_id)
+        if path.exists() or str(path_or_id).startswith((".", "/")):
+            check_checkpoint_folder(path)
+        llava = LlavaForConditionalGeneration.from_pretrained(str(path_or_id), dtype=dtype)
+        processor = AutoProcessor.from_pretrained(str(path_or_id))
+        return cls(llava, processor, source=str(path_or_id))
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        self.llava.save_pretrained(folder)
+        self.processor.save_pretrained(folder)
+
+    def train(self, mode: bool = True) -> "BaseVLModel":  # noqa: ARG002 - frozen by design
+        return super().train(False)
+
+    # -- structure -------------------------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return self.llava.config.text_config.hidden_size
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.llava.config.text_config.num_attention_heads
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        """The language model's decoder layers (fusion hooks attach after chosen ones)."""
+        return self.llava.model.language_model.layers
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.llava.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.llava.parameters()).dtype
+
+    def question_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean input embedding of the text tokens (image placeholders excluded): (B, D). Cheap: no layers run."""
+        emb = self.llava.get_input_embeddings()(input_ids)  # (B, T, D)
+        keep = attention_mask.bool() & (input_ids != self.llava.config.image_token_id)  # (B, T)
+        keep_f = keep.unsqueeze(-1).to(emb.dtype)
+        return (emb * keep_f).sum(1) / keep_f.sum(1).clamp(min=1.0)
+
+    # -- prompts and batches -----------------------------------------------------------------------------------
+    @staticmethod
+    def prompt(question: str, has_image: bool) -> str:
+        """LLaVA-1.5 conversation format."""
+        image = f"{IMAGE_TOKEN}\n" if has_image else ""
+        return f"USER: {image}{question.strip()} ASSISTANT:"
+
+    def encode(
+        self, questions: Sequence[str], images: Sequence[Image.Image | None], answers: Sequence[str] | None = None,
+    ) -> VLBatch:
+        """Tokenise a batch. With `answers`, append ' answer</s>' and build labels over the answer tokens only."""
+        if len(questions) != len(images):
+            raise ValueError(f"got {len(questions)} questions but {len(images)} images")
+        prompts = [self.prompt(q, img is not None) for q, img in zip(questions, images)]
+        if answers is not None:
+            if len(answers) != len(questions):
+                raise ValueError(f"got {len(questions)} questions but {len(answers)} answers")
+            eos = self.tokenizer.eos_token or ""
+            texts = [f"{p} {a.strip()}{eos}" for p, a in zip(prompts, answers)]
+        else:
+            texts = prompts
+        present = [img for img in images if img is not None]
+        kwargs = {"images": present} if present else {}
+        enc = self.processor(text=texts, return_tensors="pt", padding=True, **kwargs)
+        labels = None
+        if answers is not None:
+            # Answer length per row = tokens(full) - tokens(prompt); left padding puts the answer at the end.
+            prompt_enc = self.processor(text=prompts, return_tensors="pt", padding=True, **kwargs)
+            full_len = enc["attention_mask"].sum(1)  # (B,)
+            prompt_len = prompt_enc["attention_mask"].sum(1)  # (B,)
+            T = enc["input_ids"].shape[1]
+            labels = torch.full_like(enc["input_ids"], -100)
+            for row, n_answer in enumerate((full_len - prompt_len).tolist()):
+                labels[row, T - n_answer:] = enc["input_ids"][row, T - n_answer:]
+        pixel_values = enc.get("pixel_values")
+        if pixel_values is not None:
+            pixel_values = pixel_values.to(self.dtype)
+        return VLBatch(enc["input_ids"], enc["attention_mask"], pixel_values, labels)
+
+    # -- inference -----------------------------------------------------------------------------------------------
+    def forward(self, batch: VLBatch) -> torch.Tensor:
+        """Logits (B, T, V) of the frozen base model."""
+        out = self.llava(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+            pixel_values=batch.pixel_values,
+        )
+        return out.logits
+
+    @torch.no_grad()
+    def generate_answers(self, batch: VLBatch, max_new_tokens: int = 4) -> list[str]:
+        """Greedy short answers (decoded, stripped)."""
+        out = self.llava.generate(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values,
+            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        new_tokens = out[:, batch.input_ids.shape[1]:]
+        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    @staticmethod
+    def answer_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Sum of log-probs of the labelled answer tokens, per example: (B,). Logits (B, T, V), labels (B, T)."""
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+        target = labels[:, 1:]  # (B, T-1)
+        mask = target != -100
+        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+        return (picked * mask).sum(-1)
+
+
+def save_offline_meta(folder: Path, meta: dict) -> None:
+    (folder / "safe_base_vl.json").write_text(json.dumps(meta, indent=2, sort_keys=True))

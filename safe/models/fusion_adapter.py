@@ -1,0 +1,100 @@
+"""LoRA cross-attention fusion: LLM hidden states attend to audio tokens, added back through a gate in [0, 1].
+
+Every projection is low-rank (d -> r -> d), as in LoRA; the output projection's up-matrix starts at zero
+(peft's `lora_B` convention), so a fresh block returns its input unchanged and SAFE starts as the base model.
+The gate is sigmoid(learned logit) unless forced; a forced gate of 0 returns the input exactly without computing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class LowRankLinear(nn.Module):
+    """x -> B(A x): (…, d_in) -> (…, d_out) through rank r. `zero_init` starts B at zero (output 0)."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int, zero_init: bool = False):
+        super().__init__()
+        self.lora_A = nn.Linear(d_in, rank, bias=False)
+        self.lora_B = nn.Linear(rank, d_out, bias=False)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        if zero_init:
+            nn.init.zeros_(self.lora_B.weight)
+        else:
+            nn.init.normal_(self.lora_B.weight, std=1.0 / math.sqrt(rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lora_B(self.lora_A(x))
+
+
+class CrossAttentionBlock(nn.Module):
+    """h' = h + gate * CrossAttn(norm(h), norm(audio)). Shapes: h (B, T, D), audio (B, K, D) -> (B, T, D)."""
+
+    def __init__(self, hidden_size: int, num_attention_heads: int, rank: int = 8, gate_init: float = 0.5):
+        super().__init__()
+        if hidden_size % num_attention_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}")
+        if not 0.0 < gate_init < 1.0:
+            raise ValueError(f"gate_init must be in (0, 1), got {gate_init}")
+        self.hidden_size = hidden_size
+        self.num_heads = num_attention_heads
+        self.head_dim = hidden_size // num_attention_heads
+        self.query_norm = nn.LayerNorm(hidden_size)
+        self.audio_norm = nn.LayerNorm(hidden_size)
+        self.q_proj = LowRankLinear(hidden_size, hidden_size, rank)
+        self.k_proj = LowRankLinear(hidden_size, hidden_size, rank)
+        self.v_proj = LowRankLinear(hidden_size, hidden_size, rank)
+        self.o_proj = LowRankLinear(hidden_size, hidden_size, rank, zero_init=True)
+        self.gate_logit = nn.Parameter(torch.tensor(math.log(gate_init / (1.0 - gate_init))))
+
+    @property
+    def gate(self) -> torch.Tensor:
+        """The learned gate value in [0, 1] (a 0-dim tensor)."""
+        return torch.sigmoid(self.gate_logit)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        audio_tokens: torch.Tensor,
+        audio_mask: torch.Tensor | None = None,
+        gate: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`audio_mask` (B, K) marks usable audio tokens (a budget smaller than K masks the rest); an example whose
+        mask is all False is returned unchanged. `gate` forces the gate (scalar or (B,)); 0 skips the block."""
+        if isinstance(gate, (int, float)) and gate == 0:
+            return hidden_states
+        if hidden_states.dim() != 3 or audio_tokens.dim() != 3:
+            raise ValueError(
+                f"expected hidden_states (B, T, D) and audio_tokens (B, K, D), got {tuple(hidden_states.shape)} "
+                f"and {tuple(audio_tokens.shape)}"
+            )
+        B, T, D = hidden_states.shape
+        if audio_tokens.shape[0] != B or audio_tokens.shape[-1] != D:
+            raise ValueError(
+                f"audio_tokens {tuple(audio_tokens.shape)} do not match hidden_states {tuple(hidden_states.shape)} "
+                f"(need the same batch size and hidden size {D})"
+            )
+        K = audio_tokens.shape[1]
+        if audio_mask is None:
+            audio_mask = torch.ones(B, K, dtype=torch.bool, device=hidden_states.device)
+        active = audio_mask.any(-1)  # (B,)
+        if K == 0 or not bool(active.any()):
+            return hidden_states
+
+        q = self.q_proj(self.query_norm(hidden_states)).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        a = self.audio_norm(audio_tokens)
+        k = self.k_proj(a).view(B, K, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, K, hd)
+        v = self.v_proj(a).view(B, K, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, K, hd)
+        # Rows with no audio attend to a dummy-unmasked key; their output is discarded below.
+        attn_mask = (audio_mask | ~active.unsqueeze(-1))[:, None, None, :]  # (B, 1, 1, K)
+        ctx = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, hd)
+        delta = self.o_proj(ctx.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+
+        g = self.gate if gate is None else torch.as_tensor(gate, dtype=delta.dtype, device=delta.device)
+        g = g.view(-1, 1, 1) if g.dim() == 1 else g  # (B, 1, 1) or scalar
+        fused = hidden_states + g.to(delta.dtype) * delta
+        # Exactness: examples without audio keep their hidden states bit for bit.
+        return torch.where(active.view(B, 1, 1), fused, hidden_states)

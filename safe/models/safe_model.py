@@ -1,0 +1,220 @@
+"""SAFEModel = frozen base VL + frozen audio encoder + trainable audio projector + LoRA cross-attention fusion.
+
+Fusion blocks are attached with forward hooks after chosen decoder layers instead of replacing them, so the base
+model's modules and state-dict keys stay exactly as loaded. Each example carries a token budget in the configured
+set (default 0/4/8/12): budget 0 is the base model bit for bit and never runs the audio encoder.
+Only the trainable parts (projector + fusion blocks) are saved, with the config that rebuilds the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from safe.models.base_vl import BaseVLModel, VLBatch
+from safe.models.fusion_adapter import CrossAttentionBlock
+from safe.models.projectors import AudioProjector
+
+TRAINABLE_FILE = "safe_trainable.safetensors"
+CONFIG_FILE = "safe_config.json"
+
+
+@dataclass(frozen=True)
+class SAFEArchitecture:
+    """What rebuilds a SAFE model around a given base VL and audio encoder."""
+
+    audio_embed_dim: int
+    token_budgets: tuple[int, ...] = (0, 4, 8, 12)
+    fusion_layers: tuple[int, ...] = (-1,)
+    fusion_heads: int = 4
+    lora_rank: int = 8
+    projector_hidden: int = 256
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SAFEArchitecture":
+        data = dict(data)
+        data["token_budgets"] = tuple(data["token_budgets"])
+        data["fusion_layers"] = tuple(data["fusion_layers"])
+        return cls(**data)
+
+
+@dataclass
+class _FusionContext:
+    tokens: torch.Tensor  # (B, K, D)
+    mask: torch.Tensor  # (B, K) bool
+    gate: float | torch.Tensor | None
+
+
+class SAFEModel(nn.Module):
+    def __init__(self, base: BaseVLModel, arch: SAFEArchitecture, audio_encoder: nn.Module | None = None):
+        super().__init__()
+        self.base = base
+        self.arch = arch
+        self.audio_encoder = audio_encoder
+        if audio_encoder is not None and getattr(audio_encoder, "embed_dim", arch.audio_embed_dim) != arch.audio_embed_dim:
+            raise ValueError(
+                f"audio encoder embed_dim {audio_encoder.embed_dim} != architecture audio_embed_dim {arch.audio_embed_dim}"
+            )
+        self.token_budgets = tuple(arch.token_budgets)
+        D = base.hidden_size
+        self.projector = AudioProjector(arch.audio_embed_dim, D, max(self.token_budgets), hidden_dim=arch.projector_hidden)
+        n_layers = len(base.decoder_layers)
+        self.fusion_layer_ids = sorted({i % n_layers for i in arch.fusion_layers})
+        self.fusion = nn.ModuleDict(
+            {f"layer_{i}": CrossAttentionBlock(D, arch.fusion_heads, rank=arch.lora_rank) for i in self.fusion_layer_ids}
+        )
+        self._context: _FusionContext | None = None
+        for i in self.fusion_layer_ids:
+            base.decoder_layers[i].register_forward_hook(self._make_hook(f"layer_{i}"))
+        # Trainable parts stay float32 whatever the base dtype; the hook casts at the boundary.
+        self.projector.to(base.device)
+        self.fusion.to(base.device)
+
+    # -- hooks ----------------------------------------------------------------------------------------------------
+    def _make_hook(self, key: str):
+        def hook(_module, _args, output):
+            ctx = self._context
+            if ctx is None:
+                return output
+            hidden = output[0] if isinstance(output, tuple) else output  # (B, T, D)
+            block = self.fusion[key]
+            fused = block(hidden.float(), ctx.tokens.float(), ctx.mask, ctx.gate).to(hidden.dtype)
+            return (fused, *output[1:]) if isinstance(output, tuple) else fused
+
+        return hook
+
+    @contextlib.contextmanager
+    def _fused(self, ctx: _FusionContext | None) -> Iterator[None]:
+        self._context = ctx
+        try:
+            yield
+        finally:
+            self._context = None
+
+    # -- budgets and audio --------------------------------------------------------------------------------------------
+    def check_budgets(self, budgets: int | Sequence[int] | torch.Tensor, batch_size: int) -> torch.Tensor:
+        b = torch.as_tensor(budgets, dtype=torch.long).flatten()
+        if b.numel() == 1 and batch_size != 1:
+            b = b.expand(batch_size)
+        if b.numel() != batch_size:
+            raise ValueError(f"got {b.numel()} budgets for a batch of {batch_size}")
+        bad = sorted({int(x) for x in b.tolist()} - set(self.token_budgets))
+        if bad:
+            raise ValueError(f"token budget(s) {bad} not in the allowed set {list(self.token_budgets)}")
+        return b.to(self.base.device)
+
+    def encode_audio(self, waveforms: Sequence[np.ndarray]) -> torch.Tensor:
+        """Pooled audio embeddings (N, D_audio) from raw 16 kHz waveforms, through the frozen encoder."""
+        if self.audio_encoder is None:
+            raise RuntimeError("this SAFEModel was built without an audio encoder; pass cached audio_features instead")
+        return self.audio_encoder.encode(list(waveforms)).pooled.to(self.base.device)
+
+    def _context_for(
+        self, budgets: torch.Tensor, audio_features: torch.Tensor | None, waveforms: Sequence[np.ndarray | None] | None,
+        gate: float | torch.Tensor | None,
+    ) -> _FusionContext | None:
+        active = budgets > 0  # (B,)
+        if not bool(active.any()):
+            return None  # budget 0 everywhere: the base model, audio never touched
+        idx = active.nonzero().flatten()
+        if audio_features is not None:
+            feats = audio_features.to(self.base.device)[idx]  # (N_active, D_audio)
+        elif waveforms is not None:
+            missing = [int(i) for i in idx if waveforms[int(i)] is None]
+            if missing:
+                raise ValueError(f"examples {missing} have a budget > 0 but no audio")
+            feats = self.encode_audio([waveforms[int(i)] for i in idx])
+        else:
+            raise ValueError("a budget > 0 needs audio_features or waveforms")
+        B, K = budgets.shape[0], max(self.token_budgets)
+        tokens_active = self.projector(feats.to(self.projector.token_scale.dtype))  # (N_active, K, D)
+        tokens = tokens_active.new_zeros(B, K, tokens_active.shape[-1]).index_copy(0, idx, tokens_active)  # (B, K, D)
+        mask = torch.arange(K, device=budgets.device).unsqueeze(0) < budgets.unsqueeze(1)  # (B, K)
+        return _FusionContext(tokens, mask, gate)
+
+    # -- forward / generate ------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        batch: VLBatch,
+        budgets: int | Sequence[int] | torch.Tensor,
+        audio_features: torch.Tensor | None = None,
+        waveforms: Sequence[np.ndarray | None] | None = None,
+        gate: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, V). `audio_features` (B, D_audio) are cached pooled encoder outputs; else `waveforms`."""
+        b = self.check_budgets(budgets, batch.input_ids.shape[0])
+        with self._fused(self._context_for(b, audio_features, waveforms, gate)):
+            return self.base(batch)
+
+    @torch.no_grad()
+    def generate_answers(
+        self, batch: VLBatch, budgets, audio_features=None, waveforms=None, gate=None, max_new_tokens: int = 4,
+    ) -> list[str]:
+        b = self.check_budgets(budgets, batch.input_ids.shape[0])
+        with self._fused(self._context_for(b, audio_features, waveforms, gate)):
+            return self.base.generate_answers(batch, max_new_tokens=max_new_tokens)
+
+    # -- parameters ------------------------------------------------------------------------------------------------------
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"projector": self.projector, "fusion": self.fusion}
+
+    def trainable_summary(self) -> dict[str, float]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return {"trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / max(total, 1)}
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, module in self.trainable_modules().items():
+            out.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
+        return out
+
+    def save_trainable(self, folder: str | Path, extra_config: dict | None = None) -> Path:
+        """Write the projector + fusion weights (safetensors) and the architecture (json), atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"architecture": self.arch.to_json(), **(extra_config or {})}
+        _atomic_write(folder / TRAINABLE_FILE, lambda p: save_file(self.trainable_state_dict(), str(p)))
+        _atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2, sort_keys=True)))
+        return folder
+
+    def load_trainable(self, folder: str | Path) -> None:
+        path = Path(folder) / TRAINABLE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no trained SAFE weights in {folder} (missing {TRAINABLE_FILE})")
+        state = load_file(str(path))
+        for name, module in self.trainable_modules().items():
+            prefix = f"{name}."
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            module.load_state_dict(sub, strict=True)
+
+
+def read_safe_config(folder: str | Path) -> dict:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no SAFE config in {folder} (missing {CONFIG_FILE})")
+    return json.loads(path.read_text())
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
