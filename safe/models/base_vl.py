@@ -9,7 +9,6 @@ greedy short-answer generation and per-answer log-probs.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -55,6 +54,13 @@ class VLBatch:
         """Positions that ignore left padding, as `generate` computes them."""
         pos = self.attention_mask.long().cumsum(-1) - 1  # (B, T)
         return pos.masked_fill(self.attention_mask == 0, 0)
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """input_ids, attention_mask and (only when the batch has images) pixel_values, for `generate`."""
+        out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.pixel_values is not None:
+            out["pixel_values"] = self.pixel_values
+        return out
 
     def to(self, device: torch.device | str) -> "VLBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
@@ -131,6 +137,56 @@ def check_checkpoint_folder(folder: Path) -> None:
         raise CheckpointError(f"checkpoint folder {folder} is missing: {', '.join(missing)}")
 
 
+class PromptEncoder:
+    """LLaVA-1.5 prompts through a `LlavaProcessor`, left-padded, with optional labelled answers."""
+
+    def __init__(self, processor: LlavaProcessor):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.tokenizer.padding_side = "left"
+
+    @staticmethod
+    def prompt(question: str, has_image: bool) -> str:
+        """LLaVA-1.5 conversation format."""
+        image = f"{IMAGE_TOKEN}\n" if has_image else ""
+        return f"USER: {image}{question.strip()} ASSISTANT:"
+
+    def encode(
+        self, questions: Sequence[str], images: Sequence[Image.Image | None], answers: Sequence[str] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> VLBatch:
+        """Tokenise a batch. With `answers`, append ' answer</s>' and build labels over the answer tokens only."""
+        if len(questions) != len(images):
+            raise ValueError(f"got {len(questions)} questions but {len(images)} images")
+        prompts = [PromptEncoder.prompt(q, img is not None) for q, img in zip(questions, images)]
+        if answers is not None:
+            if len(answers) != len(questions):
+                raise ValueError(f"got {len(questions)} questions but {len(answers)} answers")
+            eos = self.tokenizer.eos_token or ""
+            texts = [f"{p} {a.strip()}{eos}" for p, a in zip(prompts, answers)]
+        else:
+            texts = prompts
+        present = [img for img in images if img is not None]
+        kwargs = {"images": present} if present else {}
+        enc = self.processor(text=texts, return_tensors="pt", padding=True, **kwargs)
+        labels = None
+        if answers is not None:
+            # Answer length per row = tokens(full) - tokens(prompt); left padding puts the answer at the end.
+            prompt_enc = self.processor(text=prompts, return_tensors="pt", padding=True, **kwargs)
+            full_len = enc["attention_mask"].sum(1)  # (B,)
+            prompt_len = prompt_enc["attention_mask"].sum(1)  # (B,)
+            T = enc["input_ids"].shape[1]
+            labels = torch.full_like(enc["input_ids"], -100)
+            for row, n_answer in enumerate((full_len - prompt_len).tolist()):
+                labels[row, T - n_answer:] = enc["input_ids"][row, T - n_answer:]
+        pixel_values = enc.get("pixel_values")
+        if pixel_values is not None:
+            pixel_values = pixel_values.to(dtype)
+        return VLBatch(enc["input_ids"], enc["attention_mask"], pixel_values, labels)
+
+
 class BaseVLModel(nn.Module):
     """Frozen LLaVA with the helpers SAFE needs. Never trains: `train()` keeps it in eval mode."""
 
@@ -139,10 +195,8 @@ class BaseVLModel(nn.Module):
         self.llava = llava
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        self.tokenizer.padding_side = "left"
         self.source = source
+        self.prompts = PromptEncoder(processor)
         for param in self.llava.parameters():
             param.requires_grad_(False)
         self.eval()
@@ -195,43 +249,9 @@ class BaseVLModel(nn.Module):
         return (emb * keep_f).sum(1) / keep_f.sum(1).clamp(min=1.0)
 
     # -- prompts and batches -----------------------------------------------------------------------------------
-    @staticmethod
-    def prompt(question: str, has_image: bool) -> str:
-        """LLaVA-1.5 conversation format."""
-        image = f"{IMAGE_TOKEN}\n" if has_image else ""
-        return f"USER: {image}{question.strip()} ASSISTANT:"
-
-    def encode(
-        self, questions: Sequence[str], images: Sequence[Image.Image | None], answers: Sequence[str] | None = None,
-    ) -> VLBatch:
-        """Tokenise a batch. With `answers`, append ' answer</s>' and build labels over the answer tokens only."""
-        if len(questions) != len(images):
-            raise ValueError(f"got {len(questions)} questions but {len(images)} images")
-        prompts = [self.prompt(q, img is not None) for q, img in zip(questions, images)]
-        if answers is not None:
-            if len(answers) != len(questions):
-                raise ValueError(f"got {len(questions)} questions but {len(answers)} answers")
-            eos = self.tokenizer.eos_token or ""
-            texts = [f"{p} {a.strip()}{eos}" for p, a in zip(prompts, answers)]
-        else:
-            texts = prompts
-        present = [img for img in images if img is not None]
-        kwargs = {"images": present} if present else {}
-        enc = self.processor(text=texts, return_tensors="pt", padding=True, **kwargs)
-        labels = None
-        if answers is not None:
-            # Answer length per row = tokens(full) - tokens(prompt); left padding puts the answer at the end.
-            prompt_enc = self.processor(text=prompts, return_tensors="pt", padding=True, **kwargs)
-            full_len = enc["attention_mask"].sum(1)  # (B,)
-            prompt_len = prompt_enc["attention_mask"].sum(1)  # (B,)
-            T = enc["input_ids"].shape[1]
-            labels = torch.full_like(enc["input_ids"], -100)
-            for row, n_answer in enumerate((full_len - prompt_len).tolist()):
-                labels[row, T - n_answer:] = enc["input_ids"][row, T - n_answer:]
-        pixel_values = enc.get("pixel_values")
-        if pixel_values is not None:
-            pixel_values = pixel_values.to(self.dtype)
-        return VLBatch(enc["input_ids"], enc["attention_mask"], pixel_values, labels)
+    def encode(self, questions, images, answers=None) -> VLBatch:
+        """Tokenise a batch (see `PromptEncoder.encode`)."""
+        return self.prompts.encode(questions, images, answers, dtype=self.dtype)
 
     # -- inference -----------------------------------------------------------------------------------------------
     def forward(self, batch: VLBatch) -> torch.Tensor:
@@ -243,15 +263,18 @@ class BaseVLModel(nn.Module):
         return out.logits
 
     @torch.no_grad()
-    def generate_answers(self, batch: VLBatch, max_new_tokens: int = 4) -> list[str]:
-        """Greedy short answers (decoded, stripped)."""
+    def generate_answers(self, batch: VLBatch, max_new_tokens: int = 4, return_first_logits: bool = False):
+        """Greedy short answers (decoded, stripped). With `return_first_logits`, also the logits of the first answer
+        token (B, V): the model's confidence in its answer, which the policy state uses."""
         out = self.llava.generate(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values,
-            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
+            **batch.model_inputs(), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id, return_dict_in_generate=True, output_scores=return_first_logits,
         )
-        new_tokens = out[:, batch.input_ids.shape[1]:]
-        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        new_tokens = out.sequences[:, batch.input_ids.shape[1]:]
+        answers = [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        if return_first_logits:
+            return answers, out.scores[0].float()
+        return answers
 
     @staticmethod
     def answer_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -261,7 +284,3 @@ class BaseVLModel(nn.Module):
         mask = target != -100
         picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
         return (picked * mask).sum(-1)
-
-
-def save_offline_meta(folder: Path, meta: dict) -> None:
-    (folder / "safe_base_vl.json").write_text(json.dumps(meta, indent=2, sort_keys=True))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -21,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from safe.io import atomic_write
 from safe.models.base_vl import BaseVLModel, VLBatch
 from safe.models.fusion_adapter import CrossAttentionBlock
 from safe.models.projectors import AudioProjector
@@ -42,6 +41,12 @@ class SAFEArchitecture:
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_config(cls, cfg, audio_embed_dim: int) -> "SAFEArchitecture":
+        """From a `safe.config.ModelConfig`."""
+        return cls(audio_embed_dim, tuple(cfg.token_budgets), tuple(cfg.fusion_layers), cfg.fusion_heads,
+                   cfg.lora_rank, cfg.projector_hidden)
 
     @classmethod
     def from_json(cls, data: dict) -> "SAFEArchitecture":
@@ -68,6 +73,10 @@ class SAFEModel(nn.Module):
             raise ValueError(
                 f"audio encoder embed_dim {audio_encoder.embed_dim} != architecture audio_embed_dim {arch.audio_embed_dim}"
             )
+        if audio_encoder is not None:  # frozen by contract, whatever encoder is passed in
+            for param in audio_encoder.parameters():
+                param.requires_grad_(False)
+            audio_encoder.eval()
         self.token_budgets = tuple(arch.token_budgets)
         D = base.hidden_size
         self.projector = AudioProjector(arch.audio_embed_dim, D, max(self.token_budgets), hidden_dim=arch.projector_hidden)
@@ -162,10 +171,11 @@ class SAFEModel(nn.Module):
     @torch.no_grad()
     def generate_answers(
         self, batch: VLBatch, budgets, audio_features=None, waveforms=None, gate=None, max_new_tokens: int = 4,
-    ) -> list[str]:
+        return_first_logits: bool = False,
+    ):
         b = self.check_budgets(budgets, batch.input_ids.shape[0])
         with self._fused(self._context_for(b, audio_features, waveforms, gate)):
-            return self.base.generate_answers(batch, max_new_tokens=max_new_tokens)
+            return self.base.generate_answers(batch, max_new_tokens, return_first_logits)
 
     # -- parameters ------------------------------------------------------------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -187,8 +197,8 @@ class SAFEModel(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = {"architecture": self.arch.to_json(), **(extra_config or {})}
-        _atomic_write(folder / TRAINABLE_FILE, lambda p: save_file(self.trainable_state_dict(), str(p)))
-        _atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2, sort_keys=True)))
+        atomic_write(folder / TRAINABLE_FILE, lambda p: save_file(self.trainable_state_dict(), str(p)))
+        atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2, sort_keys=True)))
         return folder
 
     def load_trainable(self, folder: str | Path) -> None:
@@ -207,14 +217,3 @@ def read_safe_config(folder: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no SAFE config in {folder} (missing {CONFIG_FILE})")
     return json.loads(path.read_text())
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -1,0 +1,56 @@
+"""What every stage entry shares: the params, the data layout under data/, and the tracked stage context."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+for _key, _value in {
+    "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
+    "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DO_NOT_TRACK": "1",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+from safe.config import SafeConfig, load_config, stage_params  # noqa: E402
+
+PARAMS = Path("params.yaml")
+DATA = Path("data")
+PREPARED = DATA / "prepared"  # manifest.jsonl (+ media for the synthetic benchmark)
+MANIFEST = PREPARED / "manifest.jsonl"
+FEATURES = DATA / "features"
+MODELS = DATA / "models"
+BASE_VL = MODELS / "base_vl"
+STAGE_A = MODELS / "stage_a"
+STAGE_B = MODELS / "stage_b"
+SAFE_BUNDLE = MODELS / "safe"  # the deployable model: base VL + trainable parts + gate
+METRICS = DATA / "metrics"
+PLOTS = DATA / "plots"
+EVAL = DATA / "eval"
+CACHE = Path(os.environ.get("SAFE_CACHE_DIR", ".safe_cache"))
+
+
+def config() -> SafeConfig:
+    return load_config(PARAMS)
+
+
+def base_vl_source(cfg: SafeConfig) -> str:
+    """The frozen base VL: the checkpoint in params, else the one the base_vl stage trained."""
+    return cfg.model.base_vl or str(BASE_VL)
+
+
+@contextlib.contextmanager
+def tracked_stage(stage: str, cfg: SafeConfig, *sections: str) -> Iterator[object]:
+    """An MLflow run for this stage (nested under the pipeline's parent run), with the stage's params logged."""
+    from safe.tracking import stage_run
+
+    with stage_run(stage, params=stage_params(cfg, *sections), tags={"profile": cfg.profile}) as tracker:
+        yield tracker
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Stop the stage with a readable message (no traceback) and a non-zero exit: DVC stops the DAG here."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)

@@ -1,0 +1,65 @@
+"""stage_a: train the audio projector + fusion adapters on cached features, under the retention check."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+from torch.utils.data import DataLoader
+
+from pipelines.common import CACHE, FEATURES, MANIFEST, METRICS, PLOTS, STAGE_A, base_vl_source, config, tracked_stage
+from safe.data.datasets import BalancedBatchSampler, LlavaCollator, ManifestDataset
+from safe.data.features import FeatureStore
+from safe.data.manifest import read_manifest
+from safe.eval.plots import plot_stage_a_retention
+from safe.io import write_json_atomic
+from safe.models.base_vl import BaseVLModel
+from safe.models.safe_model import SAFEArchitecture, SAFEModel
+from safe.training.stage_a import StageATrainer
+
+
+def main() -> None:
+    cfg = config()
+    with tracked_stage("stage_a", cfg, "model", "stage_a") as tracker:
+        manifest, store = read_manifest(MANIFEST), FeatureStore.load(FEATURES)
+        base = BaseVLModel.from_pretrained(base_vl_source(cfg))
+        model = SAFEModel(base, SAFEArchitecture.from_config(cfg.model, store.embed_dim))
+        tracker.log_metrics(model.trainable_summary())
+        train = ManifestDataset(manifest, "train", features=store)
+        val = ManifestDataset(manifest, "val", features=store)
+        sampler = BalancedBatchSampler([r.needs_audio for r in train.records], cfg.stage_a.batch_size,
+                                       cfg.stage_a.audio_ratio, num_batches=cfg.stage_a.steps, seed=cfg.stage_a.seed)
+        train_loader = DataLoader(train, batch_sampler=sampler, collate_fn=LlavaCollator(base, store.embed_dim, True))
+        val_loader = DataLoader(val, batch_size=64, collate_fn=LlavaCollator(base, store.embed_dim, False))
+        # Checkpoints are keyed by everything that defines the run, so only the same run is ever resumed.
+        key = hashlib.sha256(json.dumps([cfg.to_dict()["stage_a"], cfg.to_dict()["model"], store.ids[:50],
+                                         len(store.ids)], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        trainer = StageATrainer(model, train_loader, val_loader, cfg.stage_a, logger=tracker,
+                                checkpoint_dir=CACHE / "checkpoints" / f"stage_a-{key}")
+        if trainer.try_resume():
+            print(f"stage_a: resumed from step {trainer.state.step}")
+        state = trainer.train()
+        tmp = STAGE_A.with_name(f".{STAGE_A.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_trainable(tmp, extra_config={"audio_encoder": cfg.model.audio_encoder, "seed": cfg.model.seed,
+                                                "base_vl": base_vl_source(cfg)})
+        write_json_atomic(tmp / "history.json", state.history)
+        if STAGE_A.exists():
+            shutil.rmtree(STAGE_A)
+        tmp.rename(STAGE_A)
+        best = next(h for h in state.history if h["step"] == state.best_step and "retention_drop" in h)
+        metrics = {k: best[k] for k in ("vl_acc_base", "vl_acc_safe", "retention_drop", "audio_acc_base",
+                                        "audio_acc_safe", "vl_flip_rate")}
+        metrics.update(best_step=state.best_step, rollbacks=state.rollbacks, final_kl_weight=state.kl_weight,
+                       **model.trainable_summary())
+        print("stage_a: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        write_json_atomic(METRICS / "stage_a.json", metrics)
+        evals = [h for h in state.history if "retention_drop" in h]
+        write_json_atomic(PLOTS / "stage_a_retention.json", evals)
+        plot = plot_stage_a_retention(evals, PLOTS / "stage_a_retention.png", tolerance=cfg.stage_a.retention_tolerance)
+        tracker.log_artifact(str(plot))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""stage_b: tabulate Stage A's outcomes at every budget, then learn the budget policy as a contextual bandit."""
+
+from __future__ import annotations
+
+import shutil
+
+from torch.utils.data import DataLoader
+
+from pipelines.common import FEATURES, MANIFEST, METRICS, PLOTS, STAGE_A, STAGE_B, config, tracked_stage
+from safe.data.datasets import LlavaCollator, ManifestDataset
+from safe.data.features import FeatureStore
+from safe.data.manifest import read_manifest
+from safe.eval.plots import plot_stage_b_rewards
+from safe.inference import load_safe_model
+from safe.io import write_json_atomic
+from safe.rl.policy import AudioPolicyNetwork, save_policy
+from safe.training.rollout import rollout
+from safe.training.stage_b import StageBTrainer, evaluate_policy, fixed_policy_rewards, reward_config_from
+
+
+def main() -> None:
+    cfg = config()
+    with tracked_stage("stage_b", cfg, "stage_b") as tracker:
+        manifest, store = read_manifest(MANIFEST), FeatureStore.load(FEATURES)
+        model = load_safe_model(STAGE_A, with_encoder=False)
+        collate = LlavaCollator(model.base, store.embed_dim, with_answers=False)
+        tables = {}
+        for split in ("train", "val"):
+            loader = DataLoader(ManifestDataset(manifest, split, features=store), batch_size=64, collate_fn=collate)
+            tables[split] = rollout(model, loader, cfg.evaluate.max_new_tokens, desc=f"outcomes[{split}]").table()
+        policy = AudioPolicyNetwork(tables["train"].state_dim, cfg.model.token_budgets, hidden_dim=cfg.stage_b.hidden_dim)
+        policy.fit_normalizer(tables["train"].states)
+        history = StageBTrainer(policy, cfg.stage_b, logger=tracker).train(tables["train"], tables["val"])
+        reward_cfg = reward_config_from(cfg.stage_b)
+        learned = evaluate_policy(policy, tables["val"], reward_cfg)
+        fixed = fixed_policy_rewards(tables["val"], reward_cfg)
+        metrics = {f"policy_{k}": v for k, v in learned.items()}
+        for name, result in fixed.items():
+            metrics.update({f"{name}_{k}": v for k, v in result.items()})
+        metrics["beats_fixed_policies"] = float(learned["mean_reward"] > max(r["mean_reward"] for r in fixed.values()))
+        print(f"stage_b: val mean reward policy={learned['mean_reward']:.4f} "
+              f"always_0={fixed['always_0']['mean_reward']:.4f} always_max={fixed['always_max']['mean_reward']:.4f} "
+              f"skip_rate={learned['skip_rate']:.3f}")
+        tmp = STAGE_B.with_name(f".{STAGE_B.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_policy(policy, tmp / "policy")
+        for split, table in tables.items():
+            table.save(tmp / f"outcomes_{split}.npz")
+        if STAGE_B.exists():
+            shutil.rmtree(STAGE_B)
+        tmp.rename(STAGE_B)
+        tracker.log_metrics(metrics)
+        write_json_atomic(METRICS / "stage_b.json", metrics)
+        write_json_atomic(PLOTS / "stage_b_rewards.json", history)
+        tracker.log_artifact(str(plot_stage_b_rewards(history, PLOTS / "stage_b_rewards.png")))
+
+
+if __name__ == "__main__":
+    main()

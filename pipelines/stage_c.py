@@ -1,0 +1,37 @@
+"""stage_c: distil the Stage B policy into the lightweight deployment gate; assemble the deployable bundle."""
+
+from __future__ import annotations
+
+import shutil
+
+from pipelines.common import METRICS, SAFE_BUNDLE, STAGE_A, STAGE_B, base_vl_source, config, tracked_stage
+from safe.inference import assemble_bundle
+from safe.io import write_json_atomic
+from safe.rl.policy import load_policy
+from safe.rl.reward import OutcomeTable, evaluate_actions
+from safe.training.stage_b import reward_config_from
+from safe.training.stage_c import distill_gate, gate_actions_on, save_gate
+
+
+def main() -> None:
+    cfg = config()
+    with tracked_stage("stage_c", cfg, "stage_c") as tracker:
+        policy = load_policy(STAGE_B / "policy")
+        train = OutcomeTable.load(STAGE_B / "outcomes_train.npz")
+        val = OutcomeTable.load(STAGE_B / "outcomes_val.npz")
+        gate, report = distill_gate(policy, train.states, cfg.stage_c, action_mask=train.action_mask(), logger=tracker)
+        deployed = evaluate_actions(val, gate_actions_on(gate, val.states, val.action_mask()), reward_config_from(cfg.stage_b))
+        metrics = {**report, **{f"val_{k}": v for k, v in deployed.items()}}
+        print(f"stage_c: gate/policy agreement train={report['agreement_train']:.3f} "
+              f"heldout={report['agreement_heldout']:.3f}; val skip_rate={deployed['skip_rate']:.3f}")
+        gate_dir = STAGE_B.parent / ".gate.tmp"
+        shutil.rmtree(gate_dir, ignore_errors=True)
+        save_gate(gate, gate_dir)
+        assemble_bundle(SAFE_BUNDLE, base_vl_source(cfg), STAGE_A, gate_dir)
+        shutil.rmtree(gate_dir, ignore_errors=True)
+        tracker.log_metrics(metrics)
+        write_json_atomic(METRICS / "stage_c.json", metrics)
+
+
+if __name__ == "__main__":
+    main()

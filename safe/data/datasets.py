@@ -1,0 +1,170 @@
+"""Torch datasets over a manifest, the LLaVA prompt collator, and the audio-dependent : VL-only batch sampler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from safe.data.features import FeatureStore, STAT_NAMES
+from safe.data.manifest import Manifest, ManifestRecord
+from safe.data.media import load_audio, load_image
+
+
+@dataclass
+class Example:
+    record: ManifestRecord
+    image: Image.Image | None
+    audio_features: torch.Tensor | None  # (D,) cached pooled embedding, when a feature store is given
+    audio_stats: torch.Tensor  # (3,) rms, peak, duration; zeros without audio
+    waveform: np.ndarray | None  # raw 16 kHz audio, when load_waveforms=True
+
+
+class ManifestDataset(Dataset):
+    """Examples of one split of a manifest, with images decoded and audio as cached features or raw waveforms."""
+
+    def __init__(
+        self, manifest: Manifest, split: str | None = None, features: FeatureStore | None = None,
+        load_waveforms: bool = False, max_audio_seconds: float | None = 30.0, records: Sequence[ManifestRecord] | None = None,
+    ):
+        self.manifest = manifest
+        self.records = list(records) if records is not None else (
+            manifest.by_split(split) if split else list(manifest.records)
+        )
+        self.features = features
+        self.load_waveforms = load_waveforms
+        self.max_audio_seconds = max_audio_seconds
+        self._images: dict[str, Image.Image] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image(self, record: ManifestRecord) -> Image.Image | None:
+        if not record.image:
+            return None
+        if record.id not in self._images:  # small synthetic images: decode once
+            self._images[record.id] = load_image(self.manifest.resolve(record.image))
+        return self._images[record.id]
+
+    def __getitem__(self, index: int) -> Example:
+        record = self.records[index]
+        feats, stats = None, torch.zeros(len(STAT_NAMES))
+        if record.audio and self.features is not None and self.features.has(record.id):
+            feats, stats = self.features.get(record.id)
+        wave = None
+        if record.audio and self.load_waveforms:
+            wave = load_audio(self.manifest.resolve(record.audio), max_seconds=self.max_audio_seconds)
+        return Example(record, self.image(record), feats, stats, wave)
+
+
+@dataclass
+class Batch:
+    """A collated batch: tokenised VL inputs plus per-example audio and labels."""
+
+    vl: "object"  # safe.models.base_vl.VLBatch
+    records: list[ManifestRecord]
+    audio_features: torch.Tensor  # (B, D) zeros where has_audio is False
+    audio_stats: torch.Tensor  # (B, 3)
+    has_audio: torch.Tensor  # (B,) bool
+    needs_audio: torch.Tensor  # (B,) bool
+    waveforms: list[np.ndarray | None]
+
+    @property
+    def answers(self) -> list[str]:
+        return [r.answer for r in self.records]
+
+
+class LlavaCollator:
+    """Builds LLaVA prompts (with `<image>` placeholders) through the base model's processor.
+
+    With `with_answers`, the answer is appended and labelled for the new-task loss; otherwise the batch is a
+    prompt for generation.
+    """
+
+    def __init__(self, base_vl, audio_embed_dim: int, with_answers: bool = True):
+        self.base_vl = base_vl
+        self.audio_embed_dim = audio_embed_dim
+        self.with_answers = with_answers
+
+    def __call__(self, examples: Sequence[Example]) -> Batch:
+        records = [e.record for e in examples]
+        vl = self.base_vl.encode(
+            [r.question for r in records], [e.image for e in examples],
+            answers=[r.answer for r in records] if self.with_answers else None,
+        )
+        B = len(examples)
+        feats = torch.zeros(B, self.audio_embed_dim)
+        has = torch.zeros(B, dtype=torch.bool)
+        for i, e in enumerate(examples):
+            if e.audio_features is not None:
+                if e.audio_features.shape[-1] != self.audio_embed_dim:
+                    raise ValueError(
+                        f"example {e.record.id}: cached audio feature dim {e.audio_features.shape[-1]} != "
+                        f"{self.audio_embed_dim}; re-run extract_features for this encoder"
+                    )
+                feats[i] = e.audio_features
+                has[i] = True
+            elif e.waveform is not None:
+                has[i] = True
+        return Batch(
+            vl=vl, records=records, audio_features=feats, audio_stats=torch.stack([e.audio_stats for e in examples]),
+            has_audio=has, needs_audio=torch.tensor([r.needs_audio for r in records], dtype=torch.bool),
+            waveforms=[e.waveform for e in examples],
+        )
+
+
+class BalancedBatchSampler(Sampler[list[int]]):
+    """Every batch holds round(batch_size * audio_ratio) audio-dependent examples; the rest are VL-only.
+
+    Each group is reshuffled when exhausted (seeded), so any number of batches can be drawn.
+    """
+
+    def __init__(self, needs_audio: Sequence[bool], batch_size: int, audio_ratio: float = 0.5,
+                 num_batches: int = 100, seed: int = 0):
+        self.audio_idx = [i for i, n in enumerate(needs_audio) if n]
+        self.vl_idx = [i for i, n in enumerate(needs_audio) if not n]
+        self.n_audio = int(round(batch_size * audio_ratio))
+        self.n_vl = batch_size - self.n_audio
+        if self.n_audio and not self.audio_idx:
+            raise ValueError("audio_ratio > 0 but the dataset has no audio-dependent examples")
+        if self.n_vl and not self.vl_idx:
+            raise ValueError("audio_ratio < 1 but the dataset has no VL-only examples")
+        self.batch_size = batch_size
+        self.num_batches = num_batches
+        self.seed = seed
+        self.start = 0
+
+    def set_start(self, batch_index: int) -> None:
+        """Resume: the next iteration skips the first `batch_index` batches (same order as an unbroken run)."""
+        self.start = batch_index
+
+    def __len__(self) -> int:
+        return self.num_batches - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng(self.seed)
+        pools = {"audio": _Cycle(self.audio_idx, rng), "vl": _Cycle(self.vl_idx, rng)}
+        start, self.start = self.start, 0
+        for index in range(self.num_batches):
+            batch = pools["audio"].take(self.n_audio) + pools["vl"].take(self.n_vl)
+            rng.shuffle(batch)
+            if index >= start:
+                yield [int(i) for i in batch]
+
+
+class _Cycle:
+    def __init__(self, items: Sequence[int], rng: np.random.Generator):
+        self.items, self.rng, self.order, self.pos = list(items), rng, [], 0
+
+    def take(self, n: int) -> list[int]:
+        out = []
+        while len(out) < n:
+            if self.pos >= len(self.order):
+                self.order, self.pos = list(self.rng.permutation(self.items)), 0
+            out.append(self.order[self.pos])
+            self.pos += 1
+        return out

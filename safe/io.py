@@ -1,0 +1,46 @@
+"""Atomic file writes: write to a temp file in the target folder, then rename over the target.
+
+A process killed mid-write leaves the old file (or nothing), never a partial output for DVC to cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+
+def atomic_write(path: str | Path, write: Callable[[str], Any], suffix: str = ".tmp") -> Path:
+    """Call `write(tmp_path)` then atomically move tmp_path to `path`. `suffix` matters for writers that
+    append an extension themselves (np.save adds .npy unless the name already ends with it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: Path(p).write_text(text))
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,81 @@
+"""Stage A losses: new-task cross-entropy, retention KL(base || SAFE), and a diagonal-Fisher (EWC) penalty."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T-1) bool: positions whose next token is a labelled answer token (where logits[:, :-1] predict)."""
+    return labels[:, 1:] != -100
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over labelled answer tokens. logits (B, T, V), labels (B, T) with -100 elsewhere.
+    Returns 0 (with grad) when nothing is labelled."""
+    if not bool((labels[:, 1:] != -100).any()):
+        return logits.sum() * 0.0
+    return nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100,
+    )
+
+
+def retention_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Mean over `positions` of KL(teacher || student) between next-token distributions.
+
+    student/teacher logits (B, T, V); positions (B, T-1) bool selecting the prediction slots to match.
+    Exactly 0 when the student equals the teacher; 0 (with grad) when no position is selected.
+    """
+    if not bool(positions.any()):
+        return student_logits.sum() * 0.0
+    s = torch.log_softmax(student_logits[:, :-1][positions].float(), dim=-1)  # (N, V)
+    t = torch.log_softmax(teacher_logits[:, :-1][positions].float(), dim=-1)  # (N, V)
+    return (t.exp() * (t - s)).sum(-1).mean()
+
+
+class FisherPenalty:
+    """EWC: sum_i F_i (theta_i - theta0_i)^2 over the trainable parameters, with F the diagonal Fisher.
+
+    F is estimated as the mean squared gradient of the VL-only new-task loss over a few batches (a batch-level
+    empirical Fisher: cheap, and enough to tell which adapter weights the VL answers are sensitive to).
+    The anchor theta0 is the parameters' value when the penalty is built (the start of Stage A).
+    """
+
+    def __init__(self, params: dict[str, nn.Parameter], fisher: dict[str, torch.Tensor]):
+        self.params = params
+        self.fisher = {k: v.detach().clone() for k, v in fisher.items()}
+        self.anchor = {k: p.detach().clone() for k, p in params.items()}
+
+    @classmethod
+    def estimate(
+        cls, params: dict[str, nn.Parameter], loss_fn: Callable[[object], torch.Tensor], batches: Iterable[object],
+    ) -> "FisherPenalty":
+        fisher = {k: torch.zeros_like(p) for k, p in params.items()}
+        n = 0
+        for batch in batches:
+            for p in params.values():
+                p.grad = None
+            loss_fn(batch).backward()
+            for k, p in params.items():
+                if p.grad is not None:
+                    fisher[k] += p.grad.detach() ** 2
+            n += 1
+        for p in params.values():
+            p.grad = None
+        if n:
+            fisher = {k: v / n for k, v in fisher.items()}
+        # Normalise so the penalty weight means the same across model sizes.
+        total = sum(float(v.sum()) for v in fisher.values())
+        if total > 0:
+            fisher = {k: v / total * sum(v.numel() for v in fisher.values()) for k, v in fisher.items()}
+        return cls(params, fisher)
+
+    def __call__(self) -> torch.Tensor:
+        device = next(iter(self.params.values())).device
+        out = torch.zeros((), device=device)
+        for k, p in self.params.items():
+            out = out + (self.fisher[k] * (p - self.anchor[k]) ** 2).sum()
+        return out

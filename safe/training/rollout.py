@@ -1,0 +1,76 @@
+"""Run a trained SAFE model over a split at every token budget: the outcome tables of Stage B and evaluation.
+
+Per example: the base answer (budget 0) and its first-token logits (-> the policy state), then the answer at each
+non-zero budget with the example's own audio. Scores use the same metric as evaluation. Because the bandit's
+reward for every action is tabulated here, Stage B trains exactly and fast without re-running the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from safe.data.datasets import Batch
+from safe.eval.metrics import score
+from safe.models.safe_model import SAFEModel
+from safe.rl.reward import OutcomeTable
+from safe.rl.state_features import build_state
+
+
+@dataclass
+class Rollout:
+    records: list
+    states: np.ndarray  # (N, S)
+    preds: list[list[str]]  # N x A answers, column a = token_budgets[a]
+    scores: np.ndarray  # (N, A)
+    has_audio: np.ndarray  # (N,) bool
+    needs_audio: np.ndarray  # (N,) bool
+    token_budgets: tuple[int, ...]
+
+    def table(self) -> OutcomeTable:
+        base = [p[0] for p in self.preds]
+        changed = np.array([[p[a] != base[i] for a in range(len(self.token_budgets))] for i, p in enumerate(self.preds)])
+        return OutcomeTable(
+            states=self.states, scores=self.scores, changed=changed.astype(bool), needs_audio=self.needs_audio,
+            has_audio=self.has_audio, token_budgets=self.token_budgets, ids=np.array([r.id for r in self.records]),
+        )
+
+
+@torch.no_grad()
+def batch_states(model: SAFEModel, batch: Batch, first_logits: torch.Tensor) -> torch.Tensor:
+    """Policy state (B, S) for a collated batch, given the base answer's first-token logits (B, V)."""
+    q = model.base.question_embedding(batch.vl.input_ids, batch.vl.attention_mask)  # (B, D)
+    return build_state(q, first_logits, batch.audio_stats, batch.has_audio)
+
+
+@torch.no_grad()
+def rollout(
+    model: SAFEModel, batches: Iterable[Batch], max_new_tokens: int = 4, progress: bool = True, desc: str = "rollout",
+) -> Rollout:
+    budgets = model.token_budgets
+    records, states, preds, scores, has, needs = [], [], [], [], [], []
+    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+        base_answers, first_logits = model.generate_answers(batch.vl, 0, max_new_tokens=max_new_tokens,
+                                                            return_first_logits=True)
+        columns = [base_answers]
+        for b in budgets[1:]:
+            per_row = (batch.has_audio.long() * b)  # rows without audio stay at budget 0 (= base answer)
+            columns.append(model.generate_answers(batch.vl, per_row, audio_features=batch.audio_features,
+                                                  max_new_tokens=max_new_tokens))
+        states.append(batch_states(model, batch, first_logits).cpu().numpy())
+        for i, record in enumerate(batch.records):
+            row = [col[i] for col in columns]
+            records.append(record)
+            preds.append(row)
+            scores.append([score(p, record.answer, record.answers) for p in row])
+        has.append(batch.has_audio.numpy())
+        needs.append(batch.needs_audio.numpy())
+    return Rollout(
+        records=records, states=np.concatenate(states).astype(np.float32), preds=preds,
+        scores=np.asarray(scores, dtype=np.float32), has_audio=np.concatenate(has).astype(bool),
+        needs_audio=np.concatenate(needs).astype(bool), token_budgets=tuple(budgets),
+    )

@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+import torch
+
+from safe.models.safe_model import SAFEArchitecture, SAFEModel
+
+
+class CountingEncoder(torch.nn.Module):
+    """A real (random, frozen) linear audio encoder that counts its calls; stands in for Whisper's interface."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.embed_dim = dim
+        self.proj = torch.nn.Linear(160, dim)
+        self.calls = 0
+
+    def encode(self, waveforms):
+        from types import SimpleNamespace
+
+        self.calls += 1
+        frames = torch.stack([torch.as_tensor(w[:1600]).view(10, 160).float() for w in waveforms])  # (B, 10, 160)
+        return SimpleNamespace(pooled=self.proj(frames).mean(1))
+
+
+@pytest.fixture()
+def model(tiny_base):
+    torch.manual_seed(0)
+    return SAFEModel(tiny_base, SAFEArchitecture(audio_embed_dim=16, projector_hidden=32), audio_encoder=CountingEncoder())
+
+
+def perturb(model):
+    with torch.no_grad():
+        for block in model.fusion.values():
+            block.o_proj.lora_B.weight.normal_(std=0.5)
+
+
+def test_at_init_and_budget_zero_logits_equal_base(model, tiny_batch):
+    base = model.base(tiny_batch)
+    feats = torch.randn(3, 16)
+    assert torch.equal(model(tiny_batch, 0), base)
+    assert torch.equal(model(tiny_batch, [4, 8, 12], audio_features=feats), base)  # fresh adapters are identity
+    perturb(model)
+    mixed = model(tiny_batch, [0, 12, 4], audio_features=feats)
+    assert torch.equal(mixed[0], base[0])
+    assert not torch.equal(mixed[1], base[1])
+
+
+def test_budget_zero_never_runs_the_audio_encoder(model, tiny_batch):
+    waves = [np.random.randn(16000).astype(np.float32) for _ in range(3)]
+    model(tiny_batch, 0, waveforms=waves)
+    assert model.audio_encoder.calls == 0
+    model(tiny_batch, [0, 4, 0], waveforms=waves)
+    assert model.audio_encoder.calls == 1
+
+
+def test_only_projector_and_adapters_train(model):
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all(n.startswith(("projector.", "fusion.")) for n in names)
+    summary = model.trainable_summary()
+    assert 0 < summary["trainable_fraction"] < 1
+    print(f"trainable fraction: {summary['trainable_fraction']:.3f}")
+
+
+def test_base_state_dict_keys_are_unchanged(model, tiny_base):
+    keys = set(model.base.llava.state_dict())
+    assert any(k.startswith("model.language_model.layers.1.") for k in keys)
+    assert not any("fusion" in k for k in keys)
+
+
+def test_bad_budgets_and_missing_audio(model, tiny_batch):
+    with pytest.raises(ValueError, match=r"not in the allowed set \[0, 4, 8, 12\]"):
+        model(tiny_batch, [0, 5, 4], audio_features=torch.randn(3, 16))
+    with pytest.raises(ValueError, match="needs audio_features or waveforms"):
+        model(tiny_batch, [0, 4, 4])
+    with pytest.raises(ValueError, match="no audio"):
+        model(tiny_batch, [0, 4, 4], waveforms=[None, None, np.zeros(1600, np.float32)])
+    with pytest.raises(ValueError, match="2 budgets for a batch of 3"):
+        model(tiny_batch, [0, 4])
+
+
+def test_save_load_round_trip(model, tiny_base, tiny_batch, tmp_path):
+    perturb(model)
+    feats = torch.randn(3, 16)
+    before = model(tiny_batch, [4, 8, 12], audio_features=feats)
+    model.save_trainable(tmp_path / "m", extra_config={"audio_encoder": "test"})
+    other = SAFEModel(tiny_base, model.arch)
+    other.load_trainable(tmp_path / "m")
+    assert torch.equal(other(tiny_batch, [4, 8, 12], audio_features=feats), before)
+    with pytest.raises(FileNotFoundError, match="safe_trainable"):
+        other.load_trainable(tmp_path)
+
+
+def test_generation_uses_audio_only_where_budgeted(model, tiny_batch):
+    perturb(model)
+    feats = torch.randn(3, 16)
+    base = model.generate_answers(tiny_batch, 0)
+    mixed = model.generate_answers(tiny_batch, [0, 12, 12], audio_features=feats)
+    assert mixed[0] == base[0]
