@@ -1,0 +1,142 @@
+"""Stage C: distil the Stage B policy into the lightweight deployment gate.
+
+The gate is what inference runs before touching audio: a tiny classifier (one hidden layer, or multinomial logistic
+regression with hidden_dim=0) from the same pre-audio state to a token budget, trained by supervised learning on
+(state -> policy's argmax budget) pairs. `audio_probability` = P(budget > 0) is "the gate value" in [0, 1].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from safe.rl.policy import (AudioPolicyNetwork, BudgetClassifier, as_action_mask, as_state_tensor, load_module_dir,
+                            save_module_dir)
+from safe.training.stage_b import MetricsLogger
+
+
+class DeploymentGate(BudgetClassifier):
+    """state (B, S) -> logits over budgets (B, A); same input normalisation as the policy.
+
+    hidden_dim > 0: Linear -> Tanh -> Linear; hidden_dim = 0: a single Linear (logistic regression).
+    """
+
+    kind = "deployment_gate"
+
+    def __init__(self, state_feature_dim: int, token_budgets: Sequence[int] = (0, 4, 8, 12),
+                 hidden_dim: int = 32) -> None:
+        super().__init__(state_feature_dim, token_budgets)
+        if int(hidden_dim) < 0:
+            raise ValueError(f"hidden_dim must be >= 0 (0 = logistic regression), got {hidden_dim}")
+        self.hidden_dim = int(hidden_dim)
+        if self.hidden_dim == 0:
+            self.net = nn.Linear(self.state_feature_dim, self.num_actions)
+        else:
+            self.net = nn.Sequential(nn.Linear(self.state_feature_dim, self.hidden_dim), nn.Tanh(),
+                                     nn.Linear(self.hidden_dim, self.num_actions))
+
+    @torch.no_grad()
+    def predict_budget(self, states: Any, action_mask: Any = None) -> torch.Tensor:
+        """Budget VALUES (B,) the gate chooses (argmax)."""
+        return self.get_actions(states, deterministic=True, action_mask=action_mask)
+
+    @torch.no_grad()
+    def audio_probability(self, states: Any, action_mask: Any = None) -> torch.Tensor:
+        """P(budget > 0) (B,): the gate value in [0, 1]."""
+        return self.action_probs(states, action_mask)[:, 1:].sum(dim=-1)
+
+
+
+def save_gate(gate: DeploymentGate, path: str | Path) -> Path:
+    """Save the gate to the folder `path` (safetensors weights incl. normaliser + json config, atomic per file)."""
+    return save_module_dir(gate, path)
+
+
+def load_gate(path: str | Path, map_location: str | torch.device = "cpu") -> DeploymentGate:
+    """Load a gate saved by `save_gate`; returned in eval mode."""
+    return load_module_dir(path, DeploymentGate, map_location)
+
+
+def _agreement(gate: DeploymentGate, states: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None) -> float:
+    if len(states) == 0:
+        return float("nan")
+    with torch.no_grad():
+        pred = gate.get_action_indices(states, deterministic=True, action_mask=mask)
+    return float((pred == targets).float().mean())
+
+
+def distill_gate(policy: AudioPolicyNetwork, states: Any, config: Any, action_mask: Any = None,
+                 logger: MetricsLogger | None = None, soft_targets: bool = False, holdout_fraction: float = 0.2,
+                 log_every: int = 10) -> tuple[DeploymentGate, dict[str, float]]:
+    """Train a DeploymentGate to imitate `policy` on `states` (N, S).
+
+    config: any object with epochs, lr, hidden_dim, seed (e.g. `safe.config.StageCConfig`).
+    Targets: the policy's argmax budget (cross-entropy); with soft_targets=True the policy's probabilities instead.
+    A seeded `holdout_fraction` of the rows is kept out of training to measure held-out agreement. Training is
+    full-batch Adam for `config.epochs` steps; the same action mask (rows without audio -> budget 0) is applied to the
+    gate's logits as to the policy's.
+
+    Report: agreement_train, agreement_heldout (share of rows where gate argmax == policy argmax), n_train,
+    n_heldout, final_loss, skip_rate_policy, skip_rate_gate (over all rows).
+    """
+    for name in ("epochs", "lr", "hidden_dim", "seed"):
+        if not hasattr(config, name):
+            raise ValueError(f"Stage C config lacks field {name!r}")
+    if not 0.0 <= holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+    x = as_state_tensor(states, policy.state_feature_dim, torch.device("cpu"))  # (N, S)
+    n = len(x)
+    mask = as_action_mask(action_mask, n, policy.num_actions, torch.device("cpu"))
+    policy_device = policy.normalizer.mean.device
+    with torch.no_grad():
+        probs = policy.action_probs(x.to(policy_device), None if mask is None else mask.to(policy_device)).cpu()
+    targets = probs.argmax(dim=-1)  # (N,)
+
+    gen = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(n, generator=gen)
+    n_held = int(round(n * holdout_fraction))
+    if n - n_held < 2:
+        raise ValueError(f"distill_gate needs at least 2 training rows, got {n} rows with holdout {holdout_fraction}")
+    held, tr = order[:n_held], order[n_held:]
+    pick_mask = lambda idx: None if mask is None else mask[idx]  # noqa: E731
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        gate = DeploymentGate(policy.state_feature_dim, policy.token_budgets, config.hidden_dim)
+    gate.fit_normalizer(x[tr])
+    gate.train()
+    optimizer = torch.optim.Adam(gate.parameters(), lr=config.lr)
+    loss = torch.zeros(())
+    for epoch in range(1, config.epochs + 1):
+        log_probs = gate.log_probs(x[tr], pick_mask(tr))  # (N_train, A)
+        if soft_targets:  # cross-entropy against the policy distribution; masked entries have p = 0
+            loss = -(probs[tr] * log_probs.masked_fill(probs[tr] == 0, 0.0)).sum(dim=-1).mean()
+        else:
+            loss = nn.functional.nll_loss(log_probs, targets[tr])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if logger is not None and (epoch % log_every == 0 or epoch == config.epochs):
+            logger.log_metrics({"distill_loss": loss.item(),
+                                "agreement_train": _agreement(gate, x[tr], targets[tr], pick_mask(tr))}, epoch)
+    gate.eval()
+    with torch.no_grad():
+        gate_idx = gate.get_action_indices(x, deterministic=True, action_mask=mask)
+    report = {
+        "agreement_train": _agreement(gate, x[tr], targets[tr], pick_mask(tr)),
+        "agreement_heldout": _agreement(gate, x[held], targets[held], pick_mask(held)),
+        "n_train": float(len(tr)), "n_heldout": float(len(held)), "final_loss": loss.item(),
+        "skip_rate_policy": float((targets == 0).float().mean()),
+        "skip_rate_gate": float((gate_idx == 0).float().mean()),
+    }
+    return gate, report
+
+
+def gate_actions_on(gate: DeploymentGate, states: Any, action_mask: Any = None) -> np.ndarray:
+    """Budget indices (N,) as numpy, e.g. to score the gate with `safe.rl.reward.evaluate_actions`."""
+    with torch.no_grad():
+        return gate.get_action_indices(states, deterministic=True, action_mask=action_mask).cpu().numpy()

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+from conftest import make_bandit_table
+
+from safe.config import StageBConfig, StageCConfig
+from safe.rl.policy import AudioPolicyNetwork
+from safe.rl.reward import evaluate_actions
+from safe.training.stage_b import StageBTrainer, evaluate_policy, reward_config_from
+from safe.training.stage_c import DeploymentGate, distill_gate, gate_actions_on, load_gate, save_gate
+
+
+@pytest.fixture(scope="module")
+def policy_and_tables():
+    train, val, test = make_bandit_table(400, 0), make_bandit_table(200, 1), make_bandit_table(300, 2)
+    torch.manual_seed(0)
+    policy = AudioPolicyNetwork(train.state_dim, hidden_dim=32)
+    StageBTrainer(policy, StageBConfig(steps=150, seed=0), progress=False).train(train, val)
+    return policy, train, test
+
+
+@pytest.mark.parametrize("hidden_dim, soft", [(16, False), (0, False), (16, True)])
+def test_gate_agrees_with_policy(policy_and_tables, hidden_dim, soft):
+    policy, train, test = policy_and_tables
+    cfg = StageCConfig(epochs=100, lr=1e-2, hidden_dim=hidden_dim, seed=0)
+    gate, report = distill_gate(policy, train.states, cfg, action_mask=train.action_mask(), soft_targets=soft)
+    assert report["agreement_train"] >= 0.95 and report["agreement_heldout"] >= 0.95
+    assert report["n_train"] + report["n_heldout"] == len(train)
+    # on rows it never saw, the gate decides like the policy and earns the same reward
+    mask = test.action_mask()
+    gate_idx = gate_actions_on(gate, test.states, mask)
+    pol_idx = policy.get_action_indices(test.states, deterministic=True, action_mask=mask).numpy()
+    assert (gate_idx == pol_idx).mean() >= 0.95
+    rc = reward_config_from(StageBConfig())
+    policy_reward = evaluate_policy(policy, test, rc)["mean_reward"]
+    assert evaluate_actions(test, gate_idx, rc)["mean_reward"] >= policy_reward - 0.05
+
+
+def test_gate_value_is_probability_of_using_audio(policy_and_tables):
+    policy, train, test = policy_and_tables
+    gate, _ = distill_gate(policy, train.states, StageCConfig(epochs=100, hidden_dim=16), train.action_mask())
+    p = gate.audio_probability(test.states)
+    assert p.shape == (len(test),) and torch.all((p >= 0) & (p <= 1))
+    budgets = gate.predict_budget(test.states)
+    assert torch.all(budgets[p < 0.5] == 0)  # P(skip) > 0.5 makes skip the argmax
+    masked = gate.audio_probability(test.states, action_mask=test.action_mask())
+    assert torch.all(masked[~test.has_audio] == 0.0)
+    assert masked[test.needs_audio].mean() > 0.9 and masked[~test.needs_audio].mean() < 0.1
+
+
+def test_logger_receives_distillation_metrics(policy_and_tables):
+    policy, train, _ = policy_and_tables
+
+    class Recorder:
+        calls = []
+
+        def log_metrics(self, metrics, step):
+            self.calls.append((step, metrics))
+
+    distill_gate(policy, train.states, StageCConfig(epochs=20, hidden_dim=4), logger=Recorder(), log_every=10)
+    assert [s for s, _ in Recorder.calls] == [10, 20]
+    assert {"distill_loss", "agreement_train"} <= set(Recorder.calls[0][1])
+
+
+def test_save_load_gate_round_trip(tmp_path, policy_and_tables):
+    policy, train, test = policy_and_tables
+    gate, _ = distill_gate(policy, train.states, StageCConfig(epochs=10, hidden_dim=8))
+    loaded = load_gate(save_gate(gate, tmp_path / "gate"))
+    assert torch.equal(gate(test.states), loaded(test.states))
+    assert torch.equal(gate.predict_budget(test.states), loaded.predict_budget(test.states))
+    with pytest.raises(ValueError, match="expected kind 'deployment_gate'"):
+        from safe.rl.policy import save_policy
+        load_gate(save_policy(policy, tmp_path / "policy"))
+
+
+def test_gate_input_errors():
+    with pytest.raises(ValueError, match="hidden_dim must be >= 0"):
+        DeploymentGate(4, hidden_dim=-1)
+    gate = DeploymentGate(4, hidden_dim=0)
+    assert isinstance(gate.net, torch.nn.Linear)
+    with pytest.raises(ValueError, match="expected 4, got 5"):
+        gate.predict_budget(np.zeros((2, 5), dtype=np.float32))
