@@ -1,0 +1,38 @@
+import pytest
+
+from safe.config import ConfigError, build_config, load_config
+
+
+def test_profiles_and_overrides():
+    tiny = build_config({"profile": "tiny"})
+    demo = build_config({"profile": "demo", "stage_a": {"steps": 7}})
+    assert tiny.data.size < demo.data.size
+    assert demo.stage_a.steps == 7
+    assert demo.model.audio_encoder == "whisper-tiny.en"
+
+
+def test_unknown_keys_raise_with_their_name():
+    with pytest.raises(ConfigError, match="stage_a.lr_typo"):
+        build_config({"stage_a": {"lr_typo": 1}})
+    with pytest.raises(ConfigError, match="'stage_z'"):
+        build_config({"stage_z": {}})
+    with pytest.raises(ConfigError, match="profile"):
+        build_config({"profile": "huge"})
+
+
+def test_value_checks():
+    with pytest.raises(ConfigError, match="token_budgets must start with 0"):
+        build_config({"model": {"token_budgets": [4, 8]}})
+    with pytest.raises(ConfigError, match="audio_ratio"):
+        build_config({"stage_a": {"audio_ratio": 1.5}})
+
+
+def test_repository_params_yaml_loads():
+    cfg = load_config("params.yaml")
+    assert cfg.profile == "demo"
+    assert cfg.promote.max_retention_drop == 0.005 and cfg.promote.skip_rate_min == 0.40
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")

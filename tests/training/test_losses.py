@@ -1,0 +1,45 @@
+import torch
+
+from safe.training.losses import FisherPenalty, answer_loss, answer_positions, retention_kl
+
+
+def test_kl_is_zero_when_student_equals_teacher():
+    logits = torch.randn(2, 6, 11)
+    labels = torch.full((2, 6), -100)
+    labels[:, -2:] = 3
+    pos = answer_positions(labels)
+    assert retention_kl(logits, logits.clone(), pos).item() == 0.0
+    assert retention_kl(logits + 0.5 * torch.randn_like(logits), logits, pos).item() > 0.0
+
+
+def test_kl_and_task_loss_without_labelled_positions_are_zero_with_grad():
+    logits = torch.randn(2, 6, 11, requires_grad=True)
+    none = torch.zeros(2, 5, dtype=torch.bool)
+    kl = retention_kl(logits, logits.detach(), none)
+    task = answer_loss(logits, torch.full((2, 6), -100))
+    (kl + task).backward()
+    assert kl.item() == 0.0 and task.item() == 0.0
+
+
+def test_answer_loss_matches_manual_cross_entropy():
+    logits = torch.randn(1, 4, 5)
+    labels = torch.tensor([[-100, -100, 2, 4]])
+    manual = -(torch.log_softmax(logits[0, 1], -1)[2] + torch.log_softmax(logits[0, 2], -1)[4]) / 2
+    assert torch.allclose(answer_loss(logits, labels), manual)
+
+
+def test_fisher_penalty_zero_at_anchor_and_grows_with_distance():
+    lin = torch.nn.Linear(3, 2)
+    params = dict(lin.named_parameters())
+    batches = [torch.randn(4, 3) for _ in range(3)]
+    penalty = FisherPenalty.estimate(params, lambda x: lin(x).pow(2).mean(), batches)
+    assert penalty().item() == 0.0
+    values = []
+    direction = {k: torch.randn_like(p) for k, p in params.items()}
+    for step in (0.1, 0.2, 0.4):
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(penalty.anchor[k] + step * direction[k])
+        values.append(penalty().item())
+    assert 0 < values[0] < values[1] < values[2]
+    assert abs(values[1] / values[0] - 4.0) < 1e-3  # quadratic in the distance
