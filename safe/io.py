@@ -11,6 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | Path, write: Callable[[str], Any], suffix: str = ".tmp") -> Path:
     """Call `write(tmp_path)` then atomically move tmp_path to `path`. `suffix` matters for writers that
@@ -21,6 +24,7 @@ def atomic_write(path: str | Path, write: Callable[[str], Any], suffix: str = ".
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,216 @@
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from safe.data import synth
+from safe.data.manifest import read_manifest
+from safe.data.media import load_audio, load_image
+
+SIZES = {"train": 140, "val": 30, "test": 60}
+
+
+def _sounds_or_skip():
+    from safe.data import sounds
+
+    try:
+        sounds.animal_files()
+    except sounds.SoundsUnavailable as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    _sounds_or_skip()
+    out = tmp_path_factory.mktemp("bench")
+    path = synth.generate_benchmark(out / "a", SIZES, seed=3, progress=False)
+    return read_manifest(path)
+
+
+def _all_files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(bench, tmp_path):
+    sizes = {"train": 40, "val": 10, "test": 10}
+    a = synth.generate_benchmark(tmp_path / "a", sizes, seed=11, progress=False).parent
+    b = synth.generate_benchmark(tmp_path / "b", sizes, seed=11, progress=False).parent
+    c = synth.generate_benchmark(tmp_path / "c", sizes, seed=12, progress=False).parent
+    files_a, files_b, files_c = _all_files(a), _all_files(b), _all_files(c)
+    assert len(files_a) > 60 and files_a == files_b
+    assert files_a["manifest.jsonl"] != files_c["manifest.jsonl"]
+    common = set(files_a) & set(files_c) - {"manifest.jsonl"}
+    assert sum(files_a[k] != files_c[k] for k in common) > 0.9 * len(common)
+
+
+def test_regenerating_into_the_same_folder_removes_stale_media(tmp_path):
+    _sounds_or_skip()
+    out = tmp_path / "b"
+    first = {r.id: r for r in read_manifest(synth.generate_benchmark(out, {"train": 30}, seed=0, progress=False))}
+    before = _all_files(out)
+    second = read_manifest(synth.generate_benchmark(out, {"train": 10}, seed=0, progress=False))
+    after = _all_files(out)
+    referenced = {m for r in second for m in (r.image, r.audio) if m}
+    assert set(after) == referenced | {"manifest.jsonl"}
+    # An example depends only on (seed, index, family): where the family plan agrees, the files are equal.
+    same = [r for r in second if first[r.id].family == r.family]
+    assert same and all(after[r.image] == before[r.image] for r in same)
+
+
+def test_split_sizes():
+    assert synth.split_sizes(100) == {"train": 70, "val": 15, "test": 15}
+    assert synth.split_sizes(6000) == {"train": 4200, "val": 900, "test": 900}
+    for total in (1, 7, 333):
+        assert sum(synth.split_sizes(total).values()) == total
+    with pytest.raises(ValueError):
+        synth.split_sizes(0)
+
+
+def test_split_sizes_and_family_mix(bench):
+    for split, n in SIZES.items():
+        records = bench.by_split(split)
+        assert len(records) == n
+        counts = Counter(r.family for r in records)
+        for family, share in synth.FAMILY_MIX.items():
+            assert abs(counts[family] / n - share) <= 1.0 / n + 1e-9, (split, family, counts)
+    for r in bench:
+        assert r.needs_audio == (r.family in ("audio", "audio_visual", "silent_control"))
+        assert (r.audio is None) == (r.family == "vl")
+        assert r.image is not None and r.source == "synth"
+
+
+def _pattern(phrasing: str) -> re.Pattern:
+    return re.compile("^" + re.sub(r"\\\{\w+\\\}", "(.+)", re.escape(phrasing)) + "$")
+
+
+def test_heldout_paraphrases_only_in_test(bench):
+    heldout_texts = {p for _, held in synth.TEMPLATES.values() for p in held}
+    seen_texts = {p for seen, _ in synth.TEMPLATES.values() for p in seen}
+    assert not heldout_texts & seen_texts
+    n_heldout = 0
+    for r in bench:
+        seen, held = synth.TEMPLATES[r.extras["template"]]
+        pool = held if r.extras["paraphrase_heldout"] else seen
+        assert _pattern(pool[r.extras["paraphrase"]]).match(r.question), r
+        if r.split != "test":
+            assert not r.extras["paraphrase_heldout"]
+            assert not any(_pattern(p).match(r.question) for p in heldout_texts), r.question
+        n_heldout += r.extras["paraphrase_heldout"]
+    assert 0.25 * SIZES["test"] < n_heldout < 0.75 * SIZES["test"]
+
+
+def test_answers_are_single_lowercase_words(bench):
+    for r in bench:
+        assert re.fullmatch(r"[a-z]+", r.answer), r
+
+
+def _slot(r, name):
+    seen, held = synth.TEMPLATES[r.extras["template"]]
+    phrasing = (held if r.extras["paraphrase_heldout"] else seen)[r.extras["paraphrase"]]
+    names = re.findall(r"\{(\w+)\}", phrasing)
+    return _pattern(phrasing).match(r.question).group(names.index(name) + 1)
+
+
+def test_answers_follow_from_the_ground_truth(bench):
+    number = {w: i + 1 for i, w in enumerate(synth.NUMBER_WORDS)}
+    for r in bench:
+        x, t = r.extras, r.extras["template"]
+        objs = [tuple(s.split()) for s in x["shapes"]]  # (color, shape)
+        assert len(objs) == x["n_shapes"]
+        if r.family == "silent_control":
+            assert r.answer == synth.SILENT_ANSWER and x["kind"] == "silence"
+        elif t == "count_shapes":
+            assert number[r.answer] == x["n_shapes"]
+        elif t == "color_of_shape":
+            matches = [c for c, s in objs if s == _slot(r, "shape")]
+            assert matches == [r.answer]
+        elif t == "shape_of_color":
+            matches = [s for c, s in objs if c == _slot(r, "color")]
+            assert matches == [r.answer]
+        elif t == "exists_color_shape":
+            assert r.answer == ("yes" if (_slot(r, "color"), _slot(r, "shape")) in objs else "no")
+        elif t == "count_beeps":
+            assert number[r.answer] == x["n_beeps"]
+        elif t == "animal":
+            assert r.answer == x["animal"]
+        elif t == "tone_pitch":
+            assert r.answer == x["pitch"]
+        elif t == "sweep_direction":
+            assert r.answer == x["direction"]
+        elif t == "spoken_word":
+            assert r.answer == x["word"] and r.answer in synth.SPEECH_WORDS
+        elif t == "beeps_match_shapes":
+            assert r.answer == ("yes" if x["n_beeps"] == x["n_shapes"] else "no")
+        elif t == "color_and_animal":
+            assert _slot(r, "a_animal").split()[-1] == x["asked_animal"]
+            both = x["asked_color"] in {c for c, _ in objs} and x["asked_animal"] == x["animal"]
+            assert r.answer == ("yes" if both else "no")
+        else:
+            pytest.fail(f"untested template {t}")
+
+
+def test_yes_no_questions_are_balanced(bench):
+    yes_no = [r.answer for r in bench if r.answer in ("yes", "no")]
+    assert len(yes_no) > 20
+    assert 0.3 < yes_no.count("yes") / len(yes_no) < 0.7
+
+
+def _count_blobs(img) -> int:
+    """Count shapes in a rendered image: connected regions far from the background colour."""
+    px = np.asarray(img, dtype=np.float32)  # (H, W, 3)
+    border = np.concatenate([px[0], px[-1], px[:, 0], px[:, -1]])
+    bg = np.median(border, axis=0)
+    mask = np.linalg.norm(px - bg, axis=-1) > 60
+    labels, n = ndimage.label(mask)
+    sizes = ndimage.sum(mask, labels, range(1, n + 1))
+    return int((sizes >= 6).sum())
+
+
+def test_media_are_readable_and_match_the_labels(bench):
+    for r in bench:
+        img = load_image(bench.resolve(r.image))
+        assert img.size == (32, 32)
+        assert _count_blobs(img) == r.extras["n_shapes"], r
+        if r.audio is None:
+            continue
+        wave = load_audio(bench.resolve(r.audio))
+        assert wave.shape == (16000,)
+        kind = r.extras["kind"]
+        if kind == "silence":
+            assert np.abs(wave).max() < 0.01
+            continue
+        assert np.abs(wave).max() > 0.2
+        if kind == "beeps":  # count bursts in a 10 ms energy envelope
+            rms = np.sqrt((wave.reshape(-1, 160) ** 2).mean(axis=1))
+            on = rms > 0.3 * rms.max()
+            assert int(on[0] + (on[1:] & ~on[:-1]).sum()) == r.extras["n_beeps"]
+        if kind == "tone":
+            peak_hz = np.argmax(np.abs(np.fft.rfft(wave))) * 16000 / len(wave)
+            assert (peak_hz > 1000) == (r.extras["pitch"] == "high")
+
+
+def test_every_audio_kind_occurs(bench):
+    kinds = Counter(r.extras["kind"] for r in bench if r.family == "audio")
+    expected = {"animal", "beeps", "tone", "sweep"} | ({"speech"} if synth.speech_available() else set())
+    assert set(kinds) == expected
+
+
+def test_without_speech_no_spoken_questions_and_one_notice(tmp_path, monkeypatch, capsys):
+    _sounds_or_skip()
+    monkeypatch.setattr(synth.shutil, "which", lambda name: None)
+    monkeypatch.setattr(synth, "_SPEECH_NOTICE_SHOWN", False)
+    for out in ("a", "b"):
+        path = synth.generate_benchmark(tmp_path / out, {"train": 40}, seed=1, progress=False)
+        assert all(r.extras["kind"] != "speech" for r in read_manifest(path))
+    assert capsys.readouterr().err.count("espeak-ng not found") == 1
+
+
+def test_bad_arguments_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown split"):
+        synth.generate_benchmark(tmp_path, {"dev": 3})
+    with pytest.raises(ValueError, match="image_size"):
+        synth.generate_benchmark(tmp_path, {"train": 3}, image_size=8)
+    with pytest.raises(ValueError, match="positive total"):
+        synth.generate_benchmark(tmp_path, {"train": 0})
