@@ -15,10 +15,7 @@ from safe.io import write_json_atomic, write_text_atomic
 
 
 def thresholds(cfg) -> Thresholds:
-    p = cfg.promote
-    return Thresholds(max_retention_drop=p.max_retention_drop, min_audio_gain=p.min_audio_gain,
-                      skip_rate_min=p.skip_rate_min, skip_rate_max=p.skip_rate_max,
-                      max_irrelevant_flip_rate=p.max_irrelevant_flip_rate)
+    return Thresholds.from_config(cfg.promote)
 
 
 def main() -> None:

@@ -1,0 +1,121 @@
+"""The success criteria that gate promotion to `champion`, and the champion-vs-candidate rule (pure functions).
+
+Rules shared by every criterion:
+  - a value exactly at its threshold passes (the bounds are inclusive). Differences of accuracies carry float
+    rounding (0.805 - 0.8 = 0.0050000000000000044), so comparisons allow FLOAT_TOL; accuracies are multiples of at
+    least 1/(30 n), so no real difference is absorbed while n_test < ~3e7;
+  - NaN (or a missing / non-numeric value) fails: a criterion that could not be measured is not met.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+FLOAT_TOL = 1e-9
+NOT_WORSE_EPS = 1e-3
+"""Allowed slack (0.1 percentage point) when comparing a candidate with the champion (see `is_not_worse`)."""
+
+CRITERIA = ("retention_drop", "audio_gain", "skip_rate", "irrelevant_flip_rate")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Success thresholds; defaults from the SAFE spec (params.yaml `promote:` overrides them)."""
+
+    max_retention_drop: float = 0.005
+    """VL accuracy lost by SAFE vs the base model on VL-only questions: at most 0.5 points."""
+    min_audio_gain: float = 0.05
+    """Accuracy gained on audio-dependent questions: at least 5 points."""
+    skip_rate_min: float = 0.40
+    skip_rate_max: float = 0.70
+    """Share of test examples where the gate skips audio: in [skip_rate_min, skip_rate_max]."""
+    max_irrelevant_flip_rate: float = 0.01
+    """Share of VL-only questions with unrelated audio whose answer changes vs the base model: at most 1%."""
+
+    @classmethod
+    def from_config(cls, promote: Any) -> "Thresholds":
+        """From any object with the same field names (e.g. `safe.config.PromoteConfig`); extra fields ignored."""
+        return cls(**{f.name: getattr(promote, f.name) for f in fields(cls)})
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"Thresholds.{name} must be a finite number, got {value!r}")
+        if not 0 <= self.skip_rate_min <= self.skip_rate_max <= 1:
+            raise ValueError(f"need 0 <= skip_rate_min <= skip_rate_max <= 1, got "
+                             f"[{self.skip_rate_min}, {self.skip_rate_max}]")
+
+
+def _number(value: Any) -> float:
+    """float(value), or NaN when it is not a real number (None, a string, a bool)."""
+    if isinstance(value, (bool, str, bytes)) or type(value).__name__ == "bool_":
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _at_most(value: float, limit: float) -> bool:
+    return not math.isnan(value) and value <= limit + FLOAT_TOL
+
+
+def _at_least(value: float, limit: float) -> bool:
+    return not math.isnan(value) and value >= limit - FLOAT_TOL
+
+
+def evaluate_criteria(metrics: Mapping[str, Any], thresholds: Thresholds = Thresholds()) -> dict[str, dict[str, Any]]:
+    """{name: {value, threshold, passed}} for retention_drop, audio_gain, skip_rate, irrelevant_flip_rate.
+
+    `threshold` is a number, or [min, max] for skip_rate. Raises KeyError naming the metric when one is absent
+    (a metrics file from another schema is a bug to surface, not a failed criterion).
+    """
+    missing = [k for k in CRITERIA if k not in metrics]
+    if missing:
+        raise KeyError(f"metrics lack {missing} needed by the success criteria; have {sorted(metrics)}")
+    t = thresholds
+    v = {k: _number(metrics[k]) for k in CRITERIA}
+    return {
+        "retention_drop": {"value": v["retention_drop"], "threshold": t.max_retention_drop,
+                           "passed": _at_most(v["retention_drop"], t.max_retention_drop)},
+        "audio_gain": {"value": v["audio_gain"], "threshold": t.min_audio_gain,
+                       "passed": _at_least(v["audio_gain"], t.min_audio_gain)},
+        "skip_rate": {"value": v["skip_rate"], "threshold": [t.skip_rate_min, t.skip_rate_max],
+                      "passed": _at_least(v["skip_rate"], t.skip_rate_min)
+                      and _at_most(v["skip_rate"], t.skip_rate_max)},
+        "irrelevant_flip_rate": {"value": v["irrelevant_flip_rate"], "threshold": t.max_irrelevant_flip_rate,
+                                 "passed": _at_most(v["irrelevant_flip_rate"], t.max_irrelevant_flip_rate)},
+    }
+
+
+def all_passed(criteria: Mapping[str, Mapping[str, Any]]) -> bool:
+    """True when every criterion passed. An empty mapping is False: nothing was checked, so nothing is proven."""
+    return bool(criteria) and all(c.get("passed") is True for c in criteria.values())
+
+
+def failed_criteria(criteria: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Names of the criteria that did not pass, in order."""
+    return [name for name, c in criteria.items() if c.get("passed") is not True]
+
+
+def is_not_worse(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, eps: float = NOT_WORSE_EPS) -> bool:
+    """May `candidate` replace the current `champion`? (Both already passed the criteria; this guards regressions.)
+
+    Rule: no champion -> True. Otherwise the candidate must keep at least the champion's audio gain and add at most
+    the champion's retention drop, each within `eps` (test-set noise should not block an equivalent model):
+        candidate.audio_gain >= champion.audio_gain - eps  AND
+        candidate.retention_drop <= champion.retention_drop + eps
+    A NaN / missing candidate value fails. A NaN / missing champion value (an older metrics schema) imposes no
+    bound on that metric.
+    """
+    if champion is None:
+        return True
+    gain, drop = _number(candidate.get("audio_gain")), _number(candidate.get("retention_drop"))
+    if math.isnan(gain) or math.isnan(drop):
+        return False
+    champ_gain, champ_drop = _number(champion.get("audio_gain")), _number(champion.get("retention_drop"))
+    gain_ok = math.isnan(champ_gain) or gain >= champ_gain - eps - FLOAT_TOL
+    drop_ok = math.isnan(champ_drop) or drop <= champ_drop + eps + FLOAT_TOL
+    return gain_ok and drop_ok
