@@ -1,0 +1,160 @@
+"""Great Expectations suites: a clean manifest passes; each planted defect fails with its row id named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from safe.data.checks import SYNTH_FAMILIES, CheckReport, validate_features, validate_manifest
+from safe.data.media import write_png, write_wav
+
+
+def _row(i: int, family: str, root: Path, **over) -> dict:
+    """A valid manifest row with its own 32x32 PNG and (for audio families) a 0.5 s 16 kHz wav."""
+    ex_id = over.pop("id", f"ex{i:02d}")
+    write_png(root / "images" / f"{ex_id}.png", Image.new("RGB", (32, 32), (10 * i % 255, 0, 0)))
+    audio = None
+    if family != "vl":
+        audio = f"audio/{ex_id}.wav"
+        write_wav(root / audio, 0.2 * np.sin(np.arange(8000) / 5.0), 16000)
+    row = {"id": ex_id, "split": ("train", "val", "test")[i % 3], "source": "synth", "family": family,
+           "question": "how many shapes are there?", "answer": "two", "image": f"images/{ex_id}.png",
+           "audio": audio, "needs_audio": family in ("audio", "audio_visual", "silent_control")}
+    row.update(over)
+    return row
+
+
+def _write(root: Path, rows: list, extra_lines: tuple[str, ...] = ()) -> Path:
+    path = root / "manifest.jsonl"
+    lines = [json.dumps(r) for r in rows] + list(extra_lines)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _clean_rows(root: Path, n: int = 10) -> list[dict]:
+    return [_row(i, SYNTH_FAMILIES[i % len(SYNTH_FAMILIES)], root) for i in range(n)]
+
+
+def _failure(report: CheckReport, expectation: str, column: str):
+    hits = [f for f in report.failures if f.expectation == expectation and f.column == column]
+    assert hits, f"expected a failure of {expectation} on {column}; got:\n{report.summary()}"
+    return hits[0]
+
+
+def test_clean_manifest_passes(tmp_path):
+    path = _write(tmp_path, _clean_rows(tmp_path))
+    report = validate_manifest(path, family_proportions={f: 0.2 for f in SYNTH_FAMILIES})
+    assert report.success, report.summary()
+    assert report.n_rows == 10 and report.n_expectations > 15
+    assert "PASSED" in report.summary() and report.to_json()["success"] is True
+
+
+@pytest.fixture(scope="module")
+def defect_report(tmp_path_factory) -> CheckReport:
+    """One manifest with every planted defect on its own row, validated once (GX context creation is slow)."""
+    root = tmp_path_factory.mktemp("defects")
+    rows = _clean_rows(root, 5)
+    rows.append(_row(20, "vl", root, id="no-answer"))
+    del rows[-1]["answer"]
+    rows.append(_row(21, "vl", root, id="empty-answer", answer="  "))
+    rows.append(_row(22, "smell", root, id="odd-family"))
+    rows.append(_row(23, "vl", root, id="bad-split", split="dev"))
+    rows.append(_row(24, "vl", root, id="gone-image", image="images/nope.png"))
+    rows.append(_row(25, "audio", root, id="garbage-audio"))
+    (root / "audio" / "garbage-audio.wav").write_bytes(b"\x00garbage, not audio" * 50)
+    rows.append(_row(26, "audio", root, id="phone-audio"))
+    write_wav(root / "audio" / "phone-audio.wav", np.zeros(4000), 8000)  # 0.5 s at 8 kHz
+    rows.append(_row(27, "audio", root, id="long-audio"))
+    write_wav(root / "audio" / "long-audio.wav", np.zeros(16000 * 3), 16000)
+    rows.append(_row(28, "vl", root, id="broken-image"))
+    data = (root / "images" / "broken-image.png").read_bytes()
+    (root / "images" / "broken-image.png").write_bytes(data[: len(data) // 2])
+    rows.append(_row(29, "audio", root, id="needs-but-none", audio=None))
+    rows.append(_row(30, "vl", root, id="ex00"))  # duplicate id
+    path = _write(root, rows, extra_lines=('{"id": "half a row', ))
+    return validate_manifest(path, audio_seconds=(0.05, 2.0), sample_rates=(16000,))
+
+
+@pytest.mark.parametrize(
+    "expectation, column, row",
+    [
+        ("expect_column_values_to_not_be_null", "answer", "no-answer"),
+        ("expect_column_values_to_match_regex", "answer", "empty-answer"),
+        ("expect_column_values_to_be_in_set", "family", "odd-family"),
+        ("expect_column_values_to_be_in_set", "split", "bad-split"),
+        ("expect_column_values_to_be_in_set", "image_exists", "gone-image"),
+        ("expect_column_values_to_be_in_set", "audio_readable", "garbage-audio"),
+        ("expect_column_values_to_be_in_set", "audio_sample_rate", "phone-audio"),
+        ("expect_column_values_to_be_between", "audio_seconds", "long-audio"),
+        ("expect_column_values_to_be_in_set", "image_decodable", "broken-image"),
+        ("expect_column_values_to_be_in_set", "audio_when_needed", "needs-but-none"),
+        ("expect_column_values_to_be_unique", "id", "ex00"),
+    ],
+)
+def test_each_planted_defect_is_caught_with_its_row(defect_report, expectation, column, row):
+    failure = _failure(defect_report, expectation, column)
+    assert row in failure.rows
+    assert row in defect_report.summary() and row in defect_report.to_markdown()
+    assert not defect_report.success
+
+
+def test_defects_do_not_flag_clean_rows(defect_report):
+    flagged = {r for f in defect_report.failures for r in f.rows}
+    assert not flagged & {"ex01", "ex02", "ex03", "ex04"}
+    assert _failure(defect_report, "expect_column_values_to_be_in_set", "audio_readable").rows == ("garbage-audio",)
+
+
+def test_media_failures_say_why_and_json_round_trips(defect_report, tmp_path):
+    unreadable = _failure(defect_report, "expect_column_values_to_be_in_set", "audio_readable")
+    assert "not a readable audio file" in unreadable.reasons["garbage-audio"]
+    broken = _failure(defect_report, "expect_column_values_to_be_in_set", "image_decodable")
+    assert "corrupt" in broken.reasons["broken-image"] or "truncated" in broken.reasons["broken-image"]
+    assert _failure(defect_report, "valid_json_line", None).rows == ("line 17",)
+    saved = json.loads(defect_report.write_json(tmp_path / "report.json").read_text())
+    assert saved["success"] is False and saved == json.loads(json.dumps(defect_report.to_json()))
+
+
+def test_family_imbalance_is_reported(tmp_path):
+    rows = [_row(i, "vl" if i < 9 else "audio", tmp_path) for i in range(10)]
+    report = validate_manifest(_write(tmp_path, rows), family_proportions={"vl": 0.5, "audio": 0.5}, tolerance=0.1,
+                               check_media=False)
+    vl = _failure(report, "expect_column_mean_to_be_between", "share_family_vl")
+    assert "observed 0.900" in vl.detail
+    _failure(report, "expect_column_mean_to_be_between", "share_family_audio")
+    ok = validate_manifest(_write(tmp_path, rows), family_proportions={"vl": 0.85, "audio": 0.15}, check_media=False)
+    assert ok.success, ok.summary()
+
+
+def test_missing_column_is_a_schema_failure(tmp_path):
+    rows = _clean_rows(tmp_path, 3)
+    for r in rows:
+        del r["question"]
+    report = validate_manifest(_write(tmp_path, rows), check_media=False)
+    failure = _failure(report, "expect_table_columns_to_match_set", None)
+    assert "question" in failure.detail
+
+
+def test_features_clean_nan_and_wrong_dim():
+    rng = np.random.default_rng(0)
+    good = rng.normal(size=(6, 8)).astype(np.float32)  # (N, D)
+    assert validate_features({"audio": good, "seq": rng.normal(size=(6, 3, 8))}, expected_dim=8).success
+
+    bad = good.copy()
+    bad[3, 5] = np.nan
+    report = validate_features({"audio": bad}, expected_dim=8, ids=[f"ex{i}" for i in range(6)])
+    assert _failure(report, "expect_column_values_to_be_in_set", "finite").rows == ("audio:ex3",)
+
+    report = validate_features({"audio": good, "clap": rng.normal(size=(4, 7))}, expected_dim={"audio": 8, "clap": 8})
+    dim = _failure(report, "expect_column_pair_values_to_be_equal", "dim==expected_dim")
+    assert dim.count == 4 and dim.rows[0] == "clap[0]" and all(r.startswith("clap") for r in dim.rows)
+
+
+def test_features_from_dataframe():
+    frame = pd.DataFrame({"a": [1.0, np.inf], "b": [0.0, 1.0]}, index=["x", "y"])
+    report = validate_features(frame, expected_dim=2)
+    assert _failure(report, "expect_column_values_to_be_in_set", "finite").rows == ("features:y",)
