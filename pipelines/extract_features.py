@@ -7,7 +7,7 @@ from functools import partial
 
 from pipelines.common import CACHE, FEATURES, MANIFEST, METRICS, config, fail, tracked_stage
 from safe.data.checks import validate_features
-from safe.data.features import extract_features
+from safe.data.features import STAT_NAMES, extract_features
 from safe.data.manifest import read_manifest
 from safe.data.media import load_audio
 from safe.io import write_json_atomic
@@ -23,7 +23,8 @@ def main() -> None:
             manifest, encoder, partial(load_audio, max_seconds=cfg.data.max_audio_seconds), CACHE / "features",
             batch_size=cfg.extract_features.batch_size, shard_size=cfg.extract_features.shard_size,
         )
-        check = validate_features({"pooled": store.pooled.numpy(), "stats": store.stats.numpy()}, store.embed_dim)
+        check = validate_features({"pooled": store.pooled.numpy(), "stats": store.stats.numpy()},
+                                  {"pooled": store.embed_dim, "stats": len(STAT_NAMES)}, ids=store.ids)
         if not check.success:
             fail(f"feature checks failed; nothing was written.\n{check.to_markdown()}")
         tmp = FEATURES.with_name(f".{FEATURES.name}.tmp")

@@ -1,0 +1,111 @@
+"""The whole DVC DAG on the tiny profile, through the Prefect training flow, in a temporary copy of the repo.
+
+Checks the outputs, the metrics' schema, the registry alias, and that a second `dvc repro` reruns nothing.
+Several minutes on 2 CPU cores: the one integration test of the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+METRIC_KEYS = {
+    "vl_acc_base", "vl_acc_safe", "retention_drop", "audio_acc_base", "audio_acc_safe", "audio_gain", "skip_rate",
+    "irrelevant_flip_rate", "mean_audio_tokens", "latency_ms_policy", "latency_ms_always_audio", "latency_ms_base",
+    "n_test",
+}
+
+pytestmark = pytest.mark.integration
+
+
+def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict]:
+    """A git + DVC copy of the repository's tracked and new files, switched to the tiny profile."""
+    dst = tmp_path_factory.mktemp("safe") / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dst / rel)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    params["profile"] = "tiny"
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "SAFE_"))}
+    env.update({
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "PREFECT_HOME": str(dst.parent / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING", "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
+        "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "SAFE_CACHE_DIR": str(dst.parent / "cache"),
+        "PYTHONPATH": str(dst), "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com",
+        "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.com",
+    })
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
+        _run(cmd, dst, env)
+    return dst, env
+
+
+@pytest.fixture(scope="module")
+def flow_outcome(project) -> dict:
+    dst, env = project
+    result = _run([sys.executable, "-m", "pipelines.flows", "run", "--project-dir", str(dst)], dst, env)
+    return json.loads(result.stdout[result.stdout.index("{"):])
+
+
+def test_flow_runs_every_stage_and_writes_the_outputs(project, flow_outcome):
+    dst, _ = project
+    assert flow_outcome["stages_run"] == ["prepare_data", "extract_features", "base_vl", "stage_a", "stage_b",
+                                          "stage_c", "evaluate", "promote"]
+    for out in ("data/prepared/manifest.jsonl", "data/features/features.safetensors", "data/models/base_vl/config.json",
+                "data/models/stage_a/safe_trainable.safetensors", "data/models/stage_b/policy",
+                "data/models/safe/gate", "data/eval/report.md", "data/eval/MODEL_CARD.md",
+                "data/eval/plots/accuracy_vs_budget.png", "data/plots/stage_a_retention.png",
+                "data/plots/stage_b_rewards.png"):
+        assert (dst / out).exists(), out
+
+
+def test_metrics_have_the_contract_keys_and_come_from_the_run(project, flow_outcome):
+    dst, _ = project
+    metrics = json.loads((dst / "data/eval/metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics["n_test"] == sum(1 for line in (dst / "data/prepared/manifest.jsonl").read_text().splitlines()
+                                    if '"split": "test"' in line)
+    for key in ("vl_acc_base", "vl_acc_safe", "audio_acc_base", "audio_acc_safe", "skip_rate", "irrelevant_flip_rate"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["retention_drop"] == pytest.approx(metrics["vl_acc_base"] - metrics["vl_acc_safe"])
+    assert metrics["latency_ms_base"] > 0
+
+
+def test_registry_alias_follows_the_criteria(project, flow_outcome):
+    dst, env = project
+    promotion = json.loads((dst / "data/eval/promotion.json").read_text())
+    assert promotion["model_name"] == "safe-audio-vl"
+    assert set(promotion["criteria"]) == {"retention_drop", "audio_gain", "skip_rate", "irrelevant_flip_rate"}
+    passed = all(c["passed"] for c in promotion["criteria"].values())
+    assert promotion["decision"] == ("champion" if passed else "rejected")
+    alias = "champion" if passed else "challenger"
+    code = ("import mlflow; from safe import tracking; mlflow.set_tracking_uri(tracking.tracking_uri()); "
+            f"mv = mlflow.MlflowClient().get_model_version_by_alias('safe-audio-vl', '{alias}'); print(mv.version)")
+    out = _run([sys.executable, "-c", code], dst, {**env, "SAFE_PROJECT_DIR": str(dst)})
+    assert out.stdout.strip().splitlines()[-1] == str(promotion["version"])
+
+
+def test_second_repro_reruns_nothing(project, flow_outcome):
+    dst, env = project
+    result = _run(["dvc", "repro"], dst, env)
+    assert "Running stage" not in result.stdout, result.stdout
