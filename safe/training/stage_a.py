@@ -76,14 +76,15 @@ class StageATrainer:
         self.nonzero_budgets = [b for b in safe_model.token_budgets if b > 0]
 
     # -- batch preparation --------------------------------------------------------------------------------------
-    def _audio_plan(self, batch: Batch, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _audio_plan(self, batch: Batch, step: int, inject: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row audio features (B, D) and budgets (B,): own audio where present, a distractor clip from another
-        row for VL-only rows without audio (with probability distractor_prob), a random non-zero budget."""
+        row for VL-only rows without audio (with probability distractor_prob, when `inject`), a random non-zero
+        budget."""
         g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
         feats = batch.audio_features.clone()
         has = batch.has_audio.clone()
         donors = has.nonzero().flatten()
-        if len(donors):
+        if len(donors) and inject:
             for i in (~has & ~batch.needs_audio).nonzero().flatten().tolist():
                 if torch.rand((), generator=g) < self.config.distractor_prob:
                     feats[i] = batch.audio_features[donors[torch.randint(len(donors), (), generator=g)]]
@@ -117,7 +118,8 @@ class StageATrainer:
     # -- evaluation ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation accuracy of base and SAFE (largest budget; VL-only rows with distractor audio)."""
+        """Validation accuracy of base and SAFE at the largest budget, every example with the audio it comes with
+        (VL-only questions that carry an unrelated clip get it fused: the retention check's hard case)."""
         K = max(self.nonzero_budgets)
         base_preds: dict[str, str] = {}
         rows = []
@@ -125,7 +127,7 @@ class StageATrainer:
             if self._base_val is None:
                 base_preds.update(zip([r.id for r in batch.records], self.model.generate_answers(
                     batch.vl, 0, max_new_tokens=self.max_new_tokens)))
-            feats, budgets = self._audio_plan(batch, step=-2 - i)
+            feats, budgets = self._audio_plan(batch, step=-2 - i, inject=False)
             budgets = (budgets > 0).long() * K
             preds = self.model.generate_answers(batch.vl, budgets, audio_features=feats, max_new_tokens=self.max_new_tokens)
             rows.extend(zip(batch.records, preds))
