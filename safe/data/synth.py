@@ -550,3 +550,37 @@ def _remove_stale(out: Path, records: list[ManifestRecord]) -> None:
         for f in (out / folder).glob(pattern):
             if f"{folder}/{f.name}" not in keep:
                 f.unlink()
+
+
+# ----------------------------------------------------------------------------------------------- derived questions
+
+
+def derived_vl_questions(record, seed: int = 0) -> list[tuple[str, str]]:
+    """Every VL question the record's image answers, with train phrasings: (question, answer) pairs.
+
+    Base-VL pretraining asks several questions about each VL-only training image instead of only the one in the
+    manifest (the way VQA has several questions per image). Uses the scene kept in `extras.shapes`; records
+    without it (real datasets) give [].
+    """
+    shapes = (record.extras or {}).get("shapes")
+    if not shapes or record.split == "test":
+        return []
+    scene = [Obj(*reversed(s.split(" ", 1))) for s in shapes]  # "red circle" -> Obj(shape, color)
+    rng = np.random.default_rng([seed, int.from_bytes(record.id.encode()[-6:], "little")])
+    phrase = lambda t, **slots: TEMPLATES[t][0][int(rng.integers(len(TEMPLATES[t][0])))].format(**slots)  # noqa: E731
+    out = [(phrase("count_shapes"), NUMBER_WORDS[len(scene) - 1])]
+    for shape in SHAPES:
+        matches = [o for o in scene if o.shape == shape]
+        if len(matches) == 1:
+            out.append((phrase("color_of_shape", shape=shape), matches[0].color))
+    for color in COLORS:
+        matches = [o for o in scene if o.color == color]
+        if len(matches) == 1:
+            out.append((phrase("shape_of_color", color=color), matches[0].shape))
+    present = sorted({(o.color, o.shape) for o in scene})
+    absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
+    picks = [present[int(i)] for i in rng.permutation(len(present))[:2]]
+    picks_absent = [absent[int(i)] for i in rng.permutation(len(absent))[:len(picks)]]
+    out += [(phrase("exists_color_shape", color=c, shape=s), "yes") for c, s in picks]
+    out += [(phrase("exists_color_shape", color=c, shape=s), "no") for c, s in picks_absent]
+    return out

@@ -11,7 +11,7 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -59,23 +59,49 @@ def greedy_accuracy(llava, prompts: PromptEncoder, records, images, batch_size: 
     return total / max(len(records), 1)
 
 
+@dataclass(frozen=True)
+class QA:
+    image_id: str
+    question: str
+    answer: str
+
+
+def training_pairs(records: Sequence[ManifestRecord], derive: Callable[[ManifestRecord], list] | None) -> list[QA]:
+    """The manifest's question per record, plus the extra questions `derive` finds for the same image."""
+    pairs: list[QA] = []
+    for r in records:
+        seen = {(r.question, r.answer)}
+        pairs.append(QA(r.id, r.question, r.answer))
+        for question, answer in (derive(r) if derive else []):
+            if (question, answer) not in seen:
+                seen.add((question, answer))
+                pairs.append(QA(r.id, question, answer))
+    return pairs
+
+
 def train_base_vl(
     manifest: Manifest, model_cfg: ModelConfig, cfg: BaseVLConfig, image_size: int, out_dir: str | Path,
-    logger=None, progress: bool = True,
+    logger=None, progress: bool = True, derive_questions: Callable[[ManifestRecord], list] | None = None,
 ) -> BaseVLReport:
-    """Train, keep the best epoch by VL-only validation accuracy, stop early at `cfg.target_val_acc`, save."""
+    """Train, keep the best epoch by VL-only validation accuracy, stop early at `cfg.target_val_acc`, save.
+
+    `derive_questions(record) -> [(question, answer)]` adds more questions about each training image (the synthetic
+    benchmark knows every scene; real datasets already have several questions per image).
+    """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     train_all = manifest.by_split("train")
-    train = vl_only(train_all)
     val = vl_only(manifest.by_split("val"))
+    train_records = vl_only(train_all)
+    train = training_pairs(train_records, derive_questions)
     if not train or not val:
         raise ValueError(f"{manifest.path}: need VL-only examples in train and val (got {len(train)} and {len(val)})")
-    tokenizer = build_word_tokenizer([r.question for r in train_all] + [r.answer for r in train_all])
+    tokenizer = build_word_tokenizer([r.question for r in train_all] + [r.answer for r in train_all]
+                                     + [q.question for q in train])
     processor = build_processor(tokenizer, image_size, model_cfg.patch_size)
     prompts = PromptEncoder(processor)
     llava = build_llava(model_cfg, tokenizer, image_size)
-    images = {r.id: (load_image(manifest.resolve(r.image)) if r.image else None) for r in train + val}
+    images = {r.id: (load_image(manifest.resolve(r.image)) if r.image else None) for r in train_records + val}
     val_images = [images[r.id] for r in val]
 
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -96,8 +122,9 @@ def train_base_vl(
         order = rng.permutation(len(train))
         losses = []
         for start in range(0, len(order), cfg.batch_size):
-            recs = [train[i] for i in order[start:start + cfg.batch_size]]
-            batch = prompts.encode([r.question for r in recs], [images[r.id] for r in recs], [r.answer for r in recs])
+            pairs = [train[i] for i in order[start:start + cfg.batch_size]]
+            batch = prompts.encode([p.question for p in pairs], [images[p.image_id] for p in pairs],
+                                   [p.answer for p in pairs])
             logits = llava(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                 pixel_values=batch.pixel_values,
