@@ -119,10 +119,12 @@ class BaseVLConfig:
 
     epochs: int = 30
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.01
     target_val_acc: float = 0.9
     """Stop early once VL-only validation accuracy reaches this."""
+    derived_questions: bool = True
+    """Also ask every question the synthetic scene answers about each VL-only training image."""
     eval_every: int = 1
     """Evaluate every N epochs."""
     seed: int = 0
@@ -252,7 +254,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "data": {"size": 400, "image_size": 32, "speech": False},
         "model": {"audio_encoder": "whisper-random:64x2"},
-        "base_vl": {"epochs": 25, "target_val_acc": 0.6},
+        "base_vl": {"epochs": 4, "batch_size": 64, "lr": 1e-3, "target_val_acc": 0.6},
         "stage_a": {"steps": 80, "eval_every": 40, "fisher_batches": 2},
         "stage_b": {"steps": 200},
         "stage_c": {"epochs": 100},
@@ -264,7 +266,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
             "audio_encoder": "whisper-tiny.en",
             "vision_hidden": 96, "vision_layers": 3, "text_hidden": 128, "text_layers": 3, "text_intermediate": 256,
         },
-        "base_vl": {"epochs": 40},
+        "base_vl": {"epochs": 6, "batch_size": 64, "lr": 1e-3},
         "stage_a": {"steps": 600, "eval_every": 100},
         "stage_b": {"steps": 800},
     },

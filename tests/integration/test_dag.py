@@ -109,3 +109,18 @@ def test_second_repro_reruns_nothing(project, flow_outcome):
     dst, env = project
     result = _run(["dvc", "repro"], dst, env)
     assert "Running stage" not in result.stdout, result.stdout
+
+
+def test_safe_infer_answers_a_test_example_with_the_registered_model(project, flow_outcome):
+    dst, env = project
+    promotion = json.loads((dst / "data/eval/promotion.json").read_text())
+    alias = "champion" if promotion["decision"] == "champion" else "challenger"
+    row = next(json.loads(line) for line in (dst / "data/prepared/manifest.jsonl").read_text().splitlines()
+               if '"split": "test"' in line and '"audio": "audio/' in line)
+    prepared = dst / "data/prepared"
+    result = _run([sys.executable, "-m", "safe.cli", "infer", "--model", alias, "--image", str(prepared / row["image"]),
+                   "--audio", str(prepared / row["audio"]), "--question", row["question"], "--json"],
+                  dst, {**env, "SAFE_PROJECT_DIR": str(dst)})
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["budget"] in (0, 4, 8, 12) and 0.0 <= answer["gate"] <= 1.0 and answer["latency_ms"] > 0
+    assert isinstance(answer["answer"], str)
