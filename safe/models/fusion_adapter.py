@@ -2,7 +2,10 @@
 
 Every projection is low-rank (d -> r -> d), as in LoRA; the output projection's up-matrix starts at zero
 (peft's `lora_B` convention), so a fresh block returns its input unchanged and SAFE starts as the base model.
-The gate is sigmoid(learned logit) unless forced; a forced gate of 0 returns the input exactly without computing.
+The gate in [0, 1] is sigmoid(learned bias + w . norm(h)) per token: the hidden state (which carries the
+question) can close it, so VL-only questions learn to leave audio out; w starts at zero, so a fresh gate is the
+constant sigmoid(bias). A forced gate (scalar or per example) replaces it; a forced 0 returns the input exactly
+without computing anything.
 """
 
 from __future__ import annotations
@@ -49,11 +52,17 @@ class CrossAttentionBlock(nn.Module):
         self.v_proj = LowRankLinear(hidden_size, hidden_size, rank)
         self.o_proj = LowRankLinear(hidden_size, hidden_size, rank, zero_init=True)
         self.gate_logit = nn.Parameter(torch.tensor(math.log(gate_init / (1.0 - gate_init))))
+        self.gate_proj = nn.Linear(hidden_size, 1, bias=False)
+        nn.init.zeros_(self.gate_proj.weight)
 
     @property
     def gate(self) -> torch.Tensor:
-        """The learned gate value in [0, 1] (a 0-dim tensor)."""
+        """The gate's bias value in [0, 1] (a 0-dim tensor): the gate of a token whose hidden state says nothing."""
         return torch.sigmoid(self.gate_logit)
+
+    def token_gate(self, normed_hidden: torch.Tensor) -> torch.Tensor:
+        """Per-token gate in [0, 1]: (B, T, D) normalised hidden states -> (B, T, 1)."""
+        return torch.sigmoid(self.gate_logit + self.gate_proj(normed_hidden))
 
     def forward(
         self,
@@ -84,7 +93,8 @@ class CrossAttentionBlock(nn.Module):
         if K == 0 or not bool(active.any()):
             return hidden_states
 
-        q = self.q_proj(self.query_norm(hidden_states)).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        normed = self.query_norm(hidden_states)  # (B, T, D)
+        q = self.q_proj(normed).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         a = self.audio_norm(audio_tokens)
         k = self.k_proj(a).view(B, K, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, K, hd)
         v = self.v_proj(a).view(B, K, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, K, hd)
@@ -93,8 +103,11 @@ class CrossAttentionBlock(nn.Module):
         ctx = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, hd)
         delta = self.o_proj(ctx.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
 
-        g = self.gate if gate is None else torch.as_tensor(gate, dtype=delta.dtype, device=delta.device)
-        g = g.view(-1, 1, 1) if g.dim() == 1 else g  # (B, 1, 1) or scalar
+        if gate is None:
+            g = self.token_gate(normed)  # (B, T, 1)
+        else:
+            g = torch.as_tensor(gate, dtype=delta.dtype, device=delta.device)
+            g = g.view(-1, 1, 1) if g.dim() == 1 else g  # (B, 1, 1) or scalar
         fused = hidden_states + g.to(delta.dtype) * delta
         # Exactness: examples without audio keep their hidden states bit for bit.
         return torch.where(active.view(B, 1, 1), fused, hidden_states)

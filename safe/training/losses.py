@@ -67,10 +67,7 @@ class FisherPenalty:
             p.grad = None
         if n:
             fisher = {k: v / n for k, v in fisher.items()}
-        # Normalise so the penalty weight means the same across model sizes.
-        total = sum(float(v.sum()) for v in fisher.values())
-        if total > 0:
-            fisher = {k: v / total * sum(v.numel() for v in fisher.values()) for k, v in fisher.items()}
+        # Raw (unnormalised) Fisher: parameters the VL answers do not depend on stay free to learn the audio task.
         return cls(params, fisher)
 
     def __call__(self) -> torch.Tensor:
