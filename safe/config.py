@@ -139,11 +139,11 @@ class StageAConfig:
 
     steps: int = 300
     batch_size: int = 32
-    learning_rate_projector: float = 1e-3
-    learning_rate_adapter: float = 5e-4
+    learning_rate_projector: float = 5e-3
+    learning_rate_adapter: float = 5e-3
     audio_ratio: float = 0.5
     """Share of audio-dependent examples in every batch (the rest are VL-only)."""
-    kl_weight: float = 1.0
+    kl_weight: float = 8.0
     """Weight of KL(base || SAFE) on VL-only examples."""
     fisher_weight: float = 10.0
     """Weight of the diagonal-Fisher (EWC) penalty anchored at the starting parameters."""
@@ -265,9 +265,10 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {
             "audio_encoder": "whisper-tiny.en",
             "vision_hidden": 96, "vision_layers": 3, "text_hidden": 128, "text_layers": 3, "text_intermediate": 256,
+            "fusion_layers": [-3, -2, -1], "lora_rank": 32,
         },
-        "base_vl": {"epochs": 6, "batch_size": 64, "lr": 1e-3},
-        "stage_a": {"steps": 600, "eval_every": 100},
+        "base_vl": {"epochs": 10, "batch_size": 64, "lr": 1e-3},
+        "stage_a": {"steps": 1500, "eval_every": 150},
         "stage_b": {"steps": 800},
     },
     "smol": {
