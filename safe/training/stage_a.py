@@ -230,7 +230,7 @@ class StageATrainer:
             bar.update(1)
             bar.set_postfix(loss=f"{losses['loss'].item():.3f}", kl=f"{losses['kl'].item():.4f}")
             if self.logger is not None and (step % 10 == 0 or step == cfg.steps):
-                self.logger.log_metrics({k: float(v) for k, v in losses.items()}, step=step)
+                self.logger.log_metrics({k: float(v.detach()) for k, v in losses.items()}, step=step)
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 self._check_retention(step)
                 self.save_checkpoint()
