@@ -186,6 +186,7 @@ class StageATrainer:
             self.state.rollbacks += 1
             if self.state.best_state is not None:
                 self._load_trainable(self.state.best_state)
+            self.optimizer.state.clear()  # Adam moments belong to the abandoned trajectory
             metrics["rollback"] = 1.0
         elif metrics["audio_acc_safe"] > self.state.best_score:
             self.state.best_score = metrics["audio_acc_safe"]
