@@ -8,7 +8,6 @@ and an interrupted run resumes from the cache: shards whose clips are all cached
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from safe.data.manifest import Manifest
-from safe.io import atomic_write
+from safe.io import atomic_write, file_sha256
 
 POOLED_FILE = "features.safetensors"
 INDEX_FILE = "index.json"
@@ -35,14 +34,6 @@ def audio_stats(wave: np.ndarray, sampling_rate: int = 16000) -> np.ndarray:
         [float(np.sqrt(np.mean(wave.astype(np.float64) ** 2))), float(np.abs(wave).max()), wave.size / sampling_rate],
         dtype=np.float32,
     )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

