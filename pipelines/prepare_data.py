@@ -7,6 +7,7 @@ DAG before training and leaves nothing behind for DVC to cache.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import shutil
 
 from pipelines.common import MANIFEST, METRICS, PREPARED, config, fail, tracked_stage
@@ -52,8 +53,7 @@ def main() -> None:
 
 
 def _absolute(manifest, record):
-    import dataclasses
-
+    """The record with its media paths resolved against the source manifest's folder."""
     resolve = lambda p: None if p is None else str(manifest.resolve(p))  # noqa: E731
     return dataclasses.replace(record, image=resolve(record.image), audio=resolve(record.audio))
 
