@@ -175,7 +175,7 @@ class StageBConfig:
     entropy_coef: float = 0.01
     alpha: float = 0.1
     """Weight of the latency cost (budget / max budget)."""
-    gamma: float = 1.0
+    gamma: float = 3.0
     """Weight of the irrelevance penalty (audio changed the answer of a question that does not need audio)."""
     retention_tolerance: float = 0.005
     lagrange_lr: float = 0.5
