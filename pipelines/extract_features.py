@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from functools import partial
 
 from pipelines.common import CACHE, FEATURES, MANIFEST, METRICS, config, fail, tracked_stage
@@ -10,7 +9,7 @@ from safe.data.checks import validate_features
 from safe.data.features import STAT_NAMES, extract_features
 from safe.data.manifest import read_manifest
 from safe.data.media import load_audio
-from safe.io import write_json_atomic
+from safe.io import atomic_dir, write_json_atomic
 from safe.models.audio_encoders import build_audio_encoder
 
 
@@ -27,12 +26,8 @@ def main() -> None:
                                   {"pooled": store.embed_dim, "stats": len(STAT_NAMES)}, ids=store.ids)
         if not check.success:
             fail(f"feature checks failed; nothing was written.\n{check.to_markdown()}")
-        tmp = FEATURES.with_name(f".{FEATURES.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        store.save(tmp)
-        if FEATURES.exists():
-            shutil.rmtree(FEATURES)
-        tmp.rename(FEATURES)
+        with atomic_dir(FEATURES) as tmp:
+            store.save(tmp)
         metrics = {**report.to_json(), "embed_dim": store.embed_dim}
         print(f"extract_features: {report.encoded} clips encoded, {report.cache_hits} from the content cache, "
               f"{report.shards_reused}/{report.shards} shards fully reused")

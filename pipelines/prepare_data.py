@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import shutil
 
 from pipelines.common import MANIFEST, METRICS, PREPARED, config, fail, tracked_stage
 from safe.data.checks import validate_manifest
 from safe.data.manifest import read_manifest, write_manifest
 from safe.data.synth import FAMILY_MIX, generate_benchmark, split_sizes
-from safe.io import write_json_atomic
+from safe.io import atomic_dir, write_json_atomic
 
 
 def main() -> None:
     cfg = config()
-    tmp = PREPARED.with_name(f".{PREPARED.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with tracked_stage("prepare_data", cfg, "data") as tracker:
+    with tracked_stage("prepare_data", cfg, "data") as tracker, atomic_dir(PREPARED) as tmp:
         if cfg.data.source == "synth":
             manifest_path = generate_benchmark(
                 tmp, sizes=split_sizes(cfg.data.size), seed=cfg.data.seed, image_size=cfg.data.image_size,
@@ -35,8 +32,7 @@ def main() -> None:
             expected = {"expected_families": sorted({r.family for r in source.records})}
         report = validate_manifest(manifest_path, tolerance=cfg.data.family_tolerance,
                                    audio_seconds=(0.05, cfg.data.max_audio_seconds), **expected)
-        if not report.success:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if not report.success:  # fail() exits: atomic_dir removes tmp, data/prepared is left untouched
             fail(f"data checks failed for {manifest_path.name}; nothing was written.\n{report.to_markdown()}")
         records = read_manifest(manifest_path).records
         summary = {
@@ -45,9 +41,6 @@ def main() -> None:
             **{f"share_{fam}": n / len(records) for fam, n in collections.Counter(r.family for r in records).items()},
         }
         tracker.log_metrics(summary)
-        if PREPARED.exists():
-            shutil.rmtree(PREPARED)
-        tmp.rename(PREPARED)
         write_json_atomic(METRICS / "prepare_data.json", summary)
         tracker.log_text(report.to_markdown(), "data_checks.md")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 
 from torch.utils.data import DataLoader
 
@@ -13,7 +12,7 @@ from safe.data.datasets import BalancedBatchSampler, LlavaCollator, ManifestData
 from safe.data.features import FeatureStore
 from safe.data.manifest import read_manifest
 from safe.eval.plots import plot_stage_a_retention
-from safe.io import write_json_atomic
+from safe.io import atomic_dir, write_json_atomic
 from safe.models.base_vl import BaseVLModel
 from safe.models.safe_model import SAFEArchitecture, SAFEModel
 from safe.training.stage_a import StageATrainer
@@ -40,14 +39,10 @@ def main() -> None:
         if trainer.try_resume():
             print(f"stage_a: resumed from step {trainer.state.step}")
         state = trainer.train()
-        tmp = STAGE_A.with_name(f".{STAGE_A.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_trainable(tmp, extra_config={"audio_encoder": cfg.model.audio_encoder, "seed": cfg.model.seed,
-                                                "base_vl": base_vl_source(cfg)})
-        write_json_atomic(tmp / "history.json", state.history)
-        if STAGE_A.exists():
-            shutil.rmtree(STAGE_A)
-        tmp.rename(STAGE_A)
+        with atomic_dir(STAGE_A) as tmp:
+            model.save_trainable(tmp, extra_config={"audio_encoder": cfg.model.audio_encoder,
+                                                    "seed": cfg.model.seed, "base_vl": base_vl_source(cfg)})
+            write_json_atomic(tmp / "history.json", state.history)
         best = next(h for h in state.history if h["step"] == state.best_step and "retention_drop" in h)
         metrics = {k: best[k] for k in ("vl_acc_base", "vl_acc_safe", "retention_drop", "audio_acc_base",
                                         "audio_acc_safe", "vl_flip_rate")}

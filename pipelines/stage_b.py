@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 
 from torch.utils.data import DataLoader
 
@@ -12,7 +11,7 @@ from safe.data.features import FeatureStore
 from safe.data.manifest import read_manifest
 from safe.eval.plots import plot_stage_b_rewards
 from safe.inference import load_safe_model
-from safe.io import write_json_atomic
+from safe.io import atomic_dir, write_json_atomic
 from safe.rl.policy import AudioPolicyNetwork, save_policy
 from safe.training.rollout import rollout
 from safe.training.stage_b import StageBTrainer, evaluate_policy, fixed_policy_rewards, reward_config_from
@@ -41,14 +40,10 @@ def main() -> None:
         print(f"stage_b: val mean reward policy={learned['mean_reward']:.4f} "
               f"always_0={fixed['always_0']['mean_reward']:.4f} always_max={fixed['always_max']['mean_reward']:.4f} "
               f"skip_rate={learned['skip_rate']:.3f}")
-        tmp = STAGE_B.with_name(f".{STAGE_B.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_policy(policy, tmp / "policy")
-        for split, table in tables.items():
-            table.save(tmp / f"outcomes_{split}.npz")
-        if STAGE_B.exists():
-            shutil.rmtree(STAGE_B)
-        tmp.rename(STAGE_B)
+        with atomic_dir(STAGE_B) as tmp:
+            save_policy(policy, tmp / "policy")
+            for split, table in tables.items():
+                table.save(tmp / f"outcomes_{split}.npz")
         tracker.log_metrics(metrics)
         write_json_atomic(METRICS / "stage_b.json", metrics)
         write_json_atomic(PLOTS / "stage_b_rewards.json", history)

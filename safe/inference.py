@@ -23,7 +23,7 @@ import torch
 
 from safe.data.features import audio_stats
 from safe.data.media import load_audio, load_image
-from safe.io import write_json_atomic
+from safe.io import atomic_dir, write_json_atomic
 from safe.models.audio_encoders import build_audio_encoder
 from safe.models.base_vl import BaseVLModel
 from safe.models.safe_model import CONFIG_FILE, TRAINABLE_FILE, SAFEArchitecture, SAFEModel, read_safe_config
@@ -45,24 +45,17 @@ class Prediction:
 
 def assemble_bundle(out_dir: str | Path, base_vl: str, stage_a_dir: str | Path, gate_dir: str | Path) -> Path:
     """Copy the trained parts (and a locally trained base VL) into one self-contained folder, atomically."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     config = read_safe_config(stage_a_dir)
-    for name in (TRAINABLE_FILE,):
-        shutil.copy2(Path(stage_a_dir) / name, tmp / name)
-    shutil.copytree(gate_dir, tmp / GATE_DIR)
-    if Path(base_vl).is_dir():
-        shutil.copytree(base_vl, tmp / BASE_DIR)
-        config["base_vl"] = BASE_DIR  # relative: the bundle can move
-    else:
-        config["base_vl"] = base_vl
-    write_json_atomic(tmp / CONFIG_FILE, config)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir
+    with atomic_dir(out_dir) as tmp:
+        shutil.copy2(Path(stage_a_dir) / TRAINABLE_FILE, tmp / TRAINABLE_FILE)
+        shutil.copytree(gate_dir, tmp / GATE_DIR)
+        if Path(base_vl).is_dir():
+            shutil.copytree(base_vl, tmp / BASE_DIR)
+            config["base_vl"] = BASE_DIR  # relative: the bundle can move
+        else:
+            config["base_vl"] = base_vl
+        write_json_atomic(tmp / CONFIG_FILE, config)
+    return Path(out_dir)
 
 
 def load_safe_model(model_dir: str | Path, base_vl: str | None = None, with_encoder: bool = True,

@@ -5,12 +5,14 @@ A process killed mid-write leaves the old file (or nothing), never a partial out
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -31,6 +33,24 @@ def atomic_write(path: str | Path, write: Callable[[str], Any], suffix: str = ".
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh, empty temp folder beside `path`; when the block succeeds it replaces `path`, when it raises
+    (SystemExit included) it is removed and `path` is left as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

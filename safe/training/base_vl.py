@@ -8,7 +8,6 @@ question and answer), but the model never sees audio, so on audio questions it c
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,6 +20,7 @@ from safe.config import BaseVLConfig, ModelConfig
 from safe.data.manifest import Manifest, ManifestRecord
 from safe.data.media import load_image
 from safe.eval.metrics import score
+from safe.io import atomic_dir
 from safe.training.losses import answer_loss
 from safe.models.base_vl import PromptEncoder, build_llava, build_processor, build_word_tokenizer
 
@@ -152,16 +152,7 @@ def train_base_vl(
             break
     bar.close()
     llava.load_state_dict(best["state"])
-    _save_atomic(llava, processor, out_dir)
+    with atomic_dir(out_dir) as tmp:  # no half-written checkpoint is ever left
+        llava.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
     return BaseVLReport(epoch, best["acc"], best["epoch"], len(train), len(val), history)
-
-
-def _save_atomic(llava, processor, out_dir: Path) -> None:
-    """Save into a temp folder beside `out_dir`, then swap it in: no half-written checkpoint is ever left."""
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    llava.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
