@@ -41,13 +41,36 @@ def base_vl_source(cfg: SafeConfig) -> str:
     return cfg.model.base_vl or str(BASE_VL)
 
 
+class WorkerTracker:
+    """What a non-main process of a multi-process stage gets instead of an MLflow run: it logs nothing
+    (rank 0 logs for everyone)."""
+
+    def log_metrics(self, metrics, step=None) -> None: ...
+    def log_params(self, params) -> None: ...
+    def log_artifact(self, path, artifact_path=None) -> None: ...
+    def log_text(self, text, name) -> None: ...
+    def set_tags(self, tags) -> None: ...
+
+
 @contextlib.contextmanager
 def tracked_stage(stage: str, cfg: SafeConfig, *sections: str) -> Iterator[object]:
-    """An MLflow run for this stage (nested under the pipeline's parent run), with the stage's params logged."""
+    """An MLflow run for this stage (nested under the pipeline's parent run), with the stage's params logged.
+    Under `accelerate launch` only rank 0 opens the run."""
+    from safe.distributed import is_launched, process_state
     from safe.tracking import stage_run
 
+    if is_launched() and not process_state().is_main_process:
+        yield WorkerTracker()
+        return
     with stage_run(stage, params=stage_params(cfg, *sections), tags={"profile": cfg.profile}) as tracker:
         yield tracker
+
+
+def launch_processes(module: str, cfg: SafeConfig) -> None:
+    """Re-run this stage under `accelerate launch` when params ask for several processes (returns in the workers)."""
+    from safe.distributed import relaunch_if_needed
+
+    relaunch_if_needed(module, cfg.accelerate.num_processes, cfg.accelerate.mixed_precision)
 
 
 def fail(message: str, code: int = 1) -> None:

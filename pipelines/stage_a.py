@@ -5,12 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 
+import torch
 from torch.utils.data import DataLoader
 
-from pipelines.common import CACHE, FEATURES, MANIFEST, METRICS, PLOTS, STAGE_A, base_vl_source, config, tracked_stage
+from pipelines.common import (
+    CACHE, FEATURES, MANIFEST, METRICS, PLOTS, STAGE_A, base_vl_source, config, launch_processes, tracked_stage,
+)
 from safe.data.datasets import BalancedBatchSampler, LlavaCollator, ManifestDataset
 from safe.data.features import FeatureStore
 from safe.data.manifest import read_manifest
+from safe.distributed import ShardedBatchSampler, make_accelerator, shard
 from safe.eval.plots import plot_stage_a_retention
 from safe.io import atomic_dir, write_json_atomic
 from safe.models.base_vl import BaseVLModel
@@ -20,25 +24,37 @@ from safe.training.stage_a import StageATrainer
 
 def main() -> None:
     cfg = config()
-    with tracked_stage("stage_a", cfg, "model", "stage_a") as tracker:
+    launch_processes("pipelines.stage_a", cfg)
+    accelerator = make_accelerator(cfg.accelerate.mixed_precision, cfg.accelerate.gradient_accumulation_steps)
+    with tracked_stage("stage_a", cfg, "model", "accelerate", "stage_a") as tracker:
         manifest, store = read_manifest(MANIFEST), FeatureStore.load(FEATURES)
-        base = BaseVLModel.from_pretrained(base_vl_source(cfg))
+        base = BaseVLModel.from_pretrained(base_vl_source(cfg), dtype=getattr(torch, cfg.model.dtype))
+        base.to(accelerator.device)  # the trainable parts are built on the base's device
         model = SAFEModel(base, SAFEArchitecture.from_config(cfg.model, store.embed_dim))
         tracker.log_metrics(model.trainable_summary())
         train = ManifestDataset(manifest, "train", features=store)
-        val = ManifestDataset(manifest, "val", features=store)
-        sampler = BalancedBatchSampler([r.needs_audio for r in train.records], cfg.stage_a.batch_size,
-                                       cfg.stage_a.audio_ratio, num_batches=cfg.stage_a.steps, seed=cfg.stage_a.seed)
-        train_loader = DataLoader(train, batch_sampler=sampler, collate_fn=LlavaCollator(base, store.embed_dim, True))
+        # Each process: its rows of every global batch, its share of the validation set.
+        val = ManifestDataset(manifest, records=shard(manifest.by_split("val"), accelerator.state), features=store)
+        sampler = BalancedBatchSampler(
+            [r.needs_audio for r in train.records], cfg.stage_a.batch_size, cfg.stage_a.audio_ratio,
+            num_batches=cfg.stage_a.steps * cfg.accelerate.gradient_accumulation_steps, seed=cfg.stage_a.seed,
+        )
+        train_loader = DataLoader(train, batch_sampler=ShardedBatchSampler(sampler, accelerator.state),
+                                  collate_fn=LlavaCollator(base, store.embed_dim, True))
         val_loader = DataLoader(val, batch_size=64, collate_fn=LlavaCollator(base, store.embed_dim, False))
         # Checkpoints are keyed by everything that defines the run, so only the same run is ever resumed.
-        key = hashlib.sha256(json.dumps([cfg.to_dict()["stage_a"], cfg.to_dict()["model"], store.ids[:50],
+        run = {k: cfg.to_dict()[k] for k in ("stage_a", "model")}
+        run["gradient_accumulation_steps"] = cfg.accelerate.gradient_accumulation_steps
+        run["mixed_precision"] = cfg.accelerate.mixed_precision
+        key = hashlib.sha256(json.dumps([run, store.ids[:50],
                                          len(store.ids)], sort_keys=True, default=str).encode()).hexdigest()[:16]
         trainer = StageATrainer(model, train_loader, val_loader, cfg.stage_a, logger=tracker,
-                                checkpoint_dir=CACHE / "checkpoints" / f"stage_a-{key}")
-        if trainer.try_resume():
+                                checkpoint_dir=CACHE / "checkpoints" / f"stage_a-{key}", accelerator=accelerator)
+        if trainer.try_resume() and accelerator.is_main_process:
             print(f"stage_a: resumed from step {trainer.state.step}")
         state = trainer.train()
+        if not accelerator.is_main_process:
+            return  # rank 0 writes the outputs (every process holds the same weights)
         with atomic_dir(STAGE_A) as tmp:
             model.save_trainable(tmp, extra_config={"audio_encoder": cfg.model.audio_encoder,
                                                     "seed": cfg.model.seed, "base_vl": base_vl_source(cfg)})

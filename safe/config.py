@@ -105,6 +105,28 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class AccelerateConfig:
+    """Multi-process training through Hugging Face accelerate (base_vl, stage_a, extract_features).
+
+    `num_processes` > 1 makes the stage entry point re-launch itself with `accelerate launch` (DDP; gloo on CPU,
+    NCCL on GPUs). Batch sizes in the other sections stay GLOBAL: each process gets batch_size / num_processes rows
+    of the same batch, so the trained weights do not depend on the number of processes.
+    """
+
+    num_processes: int = 1
+    mixed_precision: str = "no"
+    """`no`, `bf16` or `fp16` (autocast in the trainable forward passes; fp16 needs a GPU)."""
+    gradient_accumulation_steps: int = 1
+    """Optimizer steps every N batches (effective batch = N x batch_size)."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_processes >= 1, f"accelerate.num_processes must be >= 1, got {self.num_processes}")
+        _check(self.mixed_precision in ("no", "bf16", "fp16"),
+               f"accelerate.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        _check(self.gradient_accumulation_steps >= 1, "accelerate.gradient_accumulation_steps must be >= 1")
+
+
+@dataclass(frozen=True)
 class FeaturesConfig:
     """`extract_features`: frozen audio encoder over every clip, cached by content hash."""
 
@@ -226,6 +248,7 @@ class SafeConfig:
     profile: str
     data: DataConfig
     model: ModelConfig
+    accelerate: AccelerateConfig
     extract_features: FeaturesConfig
     base_vl: BaseVLConfig
     stage_a: StageAConfig
@@ -241,6 +264,7 @@ class SafeConfig:
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
+    "accelerate": AccelerateConfig,
     "extract_features": FeaturesConfig,
     "base_vl": BaseVLConfig,
     "stage_a": StageAConfig,

@@ -13,18 +13,27 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, 1:] != -100
 
 
-def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor, normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy over labelled answer tokens. logits (B, T, V), labels (B, T) with -100 elsewhere.
+
+    Mean over the labelled tokens, or their sum divided by `normalizer` (the token count of the GLOBAL batch when
+    the batch is split across processes, so every process's share adds up to the one-process mean).
     Returns 0 (with grad) when nothing is labelled."""
     if not bool((labels[:, 1:] != -100).any()):
         return logits.sum() * 0.0
-    return nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100,
-    )
+    flat_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    flat_labels = labels[:, 1:].reshape(-1)
+    if normalizer is None:
+        return nn.functional.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
+    return nn.functional.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum") / normalizer
 
 
-def retention_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Mean over `positions` of KL(teacher || student) between next-token distributions.
+def retention_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, positions: torch.Tensor,
+    normalizer: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over `positions` of KL(teacher || student) between next-token distributions (or the sum / `normalizer`,
+    as in `answer_loss`).
 
     student/teacher logits (B, T, V); positions (B, T-1) bool selecting the prediction slots to match.
     Exactly 0 when the student equals the teacher; 0 (with grad) when no position is selected.
@@ -33,7 +42,8 @@ def retention_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, pos
         return student_logits.sum() * 0.0
     s = torch.log_softmax(student_logits[:, :-1][positions].float(), dim=-1)  # (N, V)
     t = torch.log_softmax(teacher_logits[:, :-1][positions].float(), dim=-1)  # (N, V)
-    return (t.exp() * (t - s)).sum(-1).mean()
+    per_position = (t.exp() * (t - s)).sum(-1)  # (N,)
+    return per_position.mean() if normalizer is None else per_position.sum() / normalizer
 
 
 class FisherPenalty:
@@ -52,7 +62,10 @@ class FisherPenalty:
     @classmethod
     def estimate(
         cls, params: dict[str, nn.Parameter], loss_fn: Callable[[object], torch.Tensor], batches: Iterable[object],
+        reduce_grad: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> "FisherPenalty":
+        """`reduce_grad` turns one process's gradient into the global batch's (a sum over processes, with `loss_fn`
+        normalised by the global token count) when each process holds a share of every batch."""
         fisher = {k: torch.zeros_like(p) for k, p in params.items()}
         n = 0
         for batch in batches:
@@ -60,8 +73,10 @@ class FisherPenalty:
                 p.grad = None
             loss_fn(batch).backward()
             for k, p in params.items():
-                if p.grad is not None:
-                    fisher[k] += p.grad.detach() ** 2
+                grad = p.grad.detach() if p.grad is not None else torch.zeros_like(p)
+                if reduce_grad is not None:  # every process takes part, even where its share left no gradient
+                    grad = reduce_grad(grad)
+                fisher[k] += grad ** 2
             n += 1
         for p in params.values():
             p.grad = None

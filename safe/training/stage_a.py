@@ -5,19 +5,27 @@ VL-only rows get a distractor clip most of the time, so the adapter learns to le
 Every `eval_every` steps the VL-only validation accuracy is compared with the frozen base (the retention check).
 When the drop exceeds `retention_tolerance` the trainer raises the KL weight and rolls back to the best checkpoint;
 the checkpoint it returns as final always satisfies the tolerance (step 0, which IS the base model, always does).
+
+Multi-process (accelerate DDP): each process gets a share of every global batch (`ShardedBatchSampler`) and of the
+validation set. Losses are sums divided by the GLOBAL token counts, every row's audio plan depends only on its record
+and the batch index, and validation predictions are gathered before any decision, so N processes train the same
+weights as one (up to float summation order) and take the same rollback decisions.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from safe.config import StageAConfig
 from safe.data.datasets import Batch
+from safe.distributed import all_gather_objects, all_reduce_sum, make_accelerator
 from safe.eval.metrics import score
 from safe.models.safe_model import SAFEModel
 from safe.training.losses import FisherPenalty, answer_loss, answer_positions, retention_kl
@@ -43,13 +51,17 @@ class StageATrainer:
     `val_dataloader` yields validation batches without answers appended (prompts for generation).
     `config` is a `StageAConfig` or a dict of its fields. `logger` needs `log_metrics(dict, step)`.
     `callbacks` run after every optimiser step as `cb(trainer, step)` (tests plant regressions with them).
+    `accelerator` (safe.distributed.make_accelerator) carries DDP, mixed precision and gradient accumulation; under
+    several processes pass each process its share: `ShardedBatchSampler` for training and a sharded validation set.
+    `distractor_pool` (N, D): audio features VL-only rows may get as distractors; default: every cached feature of
+    the training dataset.
     """
 
     def __init__(
         self, safe_model: SAFEModel, train_dataloader: Iterable[Batch], val_dataloader: Iterable[Batch],
         config: StageAConfig | dict, logger=None, checkpoint_dir: str | Path | None = None,
         callbacks: list[Callable[["StageATrainer", int], None]] | None = None, progress: bool = True,
-        max_new_tokens: int = 4,
+        max_new_tokens: int = 4, accelerator=None, distractor_pool: torch.Tensor | None = None,
     ):
         self.model = safe_model
         self.train_loader = train_dataloader
@@ -60,80 +72,112 @@ class StageATrainer:
         self.callbacks = callbacks or []
         self.progress = progress
         self.max_new_tokens = max_new_tokens
+        self.accelerator = accelerator or make_accelerator()
+        self.world = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        self.distractor_pool = distractor_pool if distractor_pool is not None else _feature_pool(train_dataloader)
         for p in safe_model.parameters():
             p.requires_grad_(False)
         for module in safe_model.trainable_modules().values():
             for p in module.parameters():
                 p.requires_grad_(True)
         self.params = {n: p for n, p in safe_model.named_parameters() if p.requires_grad}
-        self.optimizer = torch.optim.AdamW([
+        optimizer = torch.optim.AdamW([
             {"params": list(safe_model.projector.parameters()), "lr": self.config.learning_rate_projector},
             {"params": list(safe_model.fusion.parameters()), "lr": self.config.learning_rate_adapter},
         ], weight_decay=0.0)
+        # DDP wraps the whole SAFE model (its forward runs the frozen base through the fusion hooks); only the
+        # trainable parts have gradients to all-reduce. `self.model` stays the plain module for generation.
+        self.train_model, self.optimizer = self.accelerator.prepare(safe_model, optimizer)
         self.state = StageAState(kl_weight=self.config.kl_weight)
         self.fisher: FisherPenalty | None = None
         self._base_val: dict[str, str] | None = None
         self.nonzero_budgets = [b for b in safe_model.token_budgets if b > 0]
 
     # -- batch preparation --------------------------------------------------------------------------------------
-    def _audio_plan(self, batch: Batch, step: int, inject: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-row audio features (B, D) and budgets (B,): own audio where present, a distractor clip from another
-        row for VL-only rows without audio (with probability distractor_prob, when `inject`), a random non-zero
-        budget."""
-        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+    def _row_rng(self, batch_index: int, record_id: str) -> np.random.Generator:
+        """A row's own random stream: the same whichever process, batch position or batch share holds the row."""
+        return np.random.default_rng([self.config.seed, batch_index & 0xFFFFFFFF, zlib.crc32(record_id.encode())])
+
+    def _audio_plan(self, batch: Batch, batch_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row audio features (B, D) and budgets (B,): own audio where present; for a VL-only row without
+        audio, with probability distractor_prob a distractor clip from the pool; a random non-zero budget for every
+        row with audio."""
         feats = batch.audio_features.clone()
-        has = batch.has_audio.clone()
-        donors = has.nonzero().flatten()
-        if len(donors) and inject:
-            for i in (~has & ~batch.needs_audio).nonzero().flatten().tolist():
-                if torch.rand((), generator=g) < self.config.distractor_prob:
-                    feats[i] = batch.audio_features[donors[torch.randint(len(donors), (), generator=g)]]
-                    has[i] = True
-        choice = torch.randint(len(self.nonzero_budgets), (len(has),), generator=g)
-        budgets = torch.tensor(self.nonzero_budgets)[choice] * has
+        budgets = torch.zeros(len(batch.records), dtype=torch.long)
+        for i, record in enumerate(batch.records):
+            rng = self._row_rng(batch_index, record.id)
+            has = bool(batch.has_audio[i])
+            if not has and not record.needs_audio and len(self.distractor_pool):
+                if rng.random() < self.config.distractor_prob:
+                    feats[i] = self.distractor_pool[int(rng.integers(len(self.distractor_pool)))]
+                    has = True
+            if has:
+                budgets[i] = self.nonzero_budgets[int(rng.integers(len(self.nonzero_budgets)))]
         return feats, budgets
 
-    def _loss(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        feats, budgets = self._audio_plan(batch, step)
-        logits = self.model(batch.vl, budgets, audio_features=feats)  # (B, T, V)
+    def _global_count(self, mask: torch.Tensor) -> torch.Tensor:
+        """How many True entries `mask` has over all processes' shares of the batch (at least 1)."""
+        return all_reduce_sum(mask.sum().float()).clamp(min=1.0)
+
+    def _loss(self, batch: Batch, batch_index: int) -> dict[str, torch.Tensor]:
+        feats, budgets = self._audio_plan(batch, batch_index)
+        logits = self.train_model(batch.vl, budgets, audio_features=feats)  # (B, T, V)
         with torch.no_grad():
             teacher = self.model(batch.vl, 0)  # budget 0 == the frozen base, exactly
         needs = batch.needs_audio.to(logits.device)
         task_labels = batch.vl.labels.masked_fill(~needs.unsqueeze(1), -100)
-        task = answer_loss(logits, task_labels)
         vl_positions = answer_positions(batch.vl.labels) & (~needs).unsqueeze(1)
-        kl = retention_kl(logits, teacher, vl_positions)
-        fisher = self.fisher() if self.fisher is not None else logits.new_zeros(())
-        total = task + self.state.kl_weight * kl + self.config.fisher_weight * fisher
-        return {"loss": total, "task_loss": task, "kl": kl, "fisher": fisher}
+        # Sums over this share / global counts, times the process count because DDP averages the gradients.
+        task = answer_loss(logits, task_labels, self._global_count(answer_positions(task_labels))) * self.world
+        kl = retention_kl(logits, teacher, vl_positions, self._global_count(vl_positions)) * self.world
+        return {"loss": task + self.state.kl_weight * kl, "task_loss": task, "kl": kl}
+
+    def _add_fisher_gradient(self) -> torch.Tensor:
+        """Add d(fisher_weight * EWC)/d(params) to the already all-reduced gradients; returns the penalty.
+
+        The penalty depends on the parameters only, identical in every process, so it stays outside DDP: a
+        parameter used outside the wrapped forward would break DDP's gradient bookkeeping."""
+        if self.fisher is None:
+            return torch.zeros(())
+        penalty = self.fisher()
+        grads = torch.autograd.grad(self.config.fisher_weight * penalty, list(self.params.values()), allow_unused=True)
+        scaler = self.accelerator.scaler  # fp16: gradients are still multiplied by the loss scale here
+        scale = scaler.get_scale() if scaler is not None else 1.0
+        for p, g in zip(self.params.values(), grads):
+            if g is not None:
+                p.grad = g * scale if p.grad is None else p.grad + g * scale
+        return penalty.detach()
 
     def _vl_loss(self, batch: Batch) -> torch.Tensor:
-        """New-task loss on VL-only rows with distractor audio at the largest budget (for the Fisher estimate)."""
-        feats, budgets = self._audio_plan(batch, step=-1)
+        """New-task loss on VL-only rows with distractor audio at the largest budget (for the Fisher estimate);
+        this share's sum over the global token count (the gradients are then summed over processes)."""
+        feats, budgets = self._audio_plan(batch, batch_index=-1)
         budgets = torch.where(budgets > 0, torch.full_like(budgets, max(self.nonzero_budgets)), budgets)
         logits = self.model(batch.vl, budgets, audio_features=feats)
         labels = batch.vl.labels.masked_fill(batch.needs_audio.unsqueeze(1), -100)
-        return answer_loss(logits, labels)
+        return answer_loss(logits, labels, self._global_count(answer_positions(labels)))
 
     # -- evaluation ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Validation accuracy of base and SAFE at the largest budget, every example with the audio it comes with
-        (VL-only questions that carry an unrelated clip get it fused: the retention check's hard case)."""
+        (VL-only questions that carry an unrelated clip get it fused: the retention check's hard case).
+        Each process predicts its share of the validation set; the metrics come from everyone's predictions."""
         K = max(self.nonzero_budgets)
-        base_preds: dict[str, str] = {}
+        base_preds: list[tuple[str, str]] = []
         rows = []
-        for i, batch in enumerate(self.val_loader):
+        for batch in self.val_loader:
             if self._base_val is None:
-                base_preds.update(zip([r.id for r in batch.records], self.model.generate_answers(
+                base_preds.extend(zip([r.id for r in batch.records], self.model.generate_answers(
                     batch.vl, 0, max_new_tokens=self.max_new_tokens)))
-            feats, budgets = self._audio_plan(batch, step=-2 - i, inject=False)
-            budgets = (budgets > 0).long() * K
-            preds = self.model.generate_answers(batch.vl, budgets, audio_features=feats, max_new_tokens=self.max_new_tokens)
+            budgets = batch.has_audio.long() * K
+            preds = self.model.generate_answers(batch.vl, budgets, audio_features=batch.audio_features,
+                                                max_new_tokens=self.max_new_tokens)
             rows.extend(zip(batch.records, preds))
         if self._base_val is None:
-            self._base_val = base_preds
-        return _val_metrics(rows, self._base_val)
+            self._base_val = dict(all_gather_objects(base_preds))
+        return _val_metrics(all_gather_objects(rows), self._base_val)
 
     # -- checkpoints -------------------------------------------------------------------------------------------------
     def _trainable_state(self) -> dict:
@@ -145,7 +189,7 @@ class StageATrainer:
                 p.copy_(state[n])
 
     def save_checkpoint(self) -> None:
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or not self.is_main:
             return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         blob = {"state": self.state, "params": self._trainable_state(), "optimizer": self.optimizer.state_dict(),
@@ -173,7 +217,7 @@ class StageATrainer:
     # -- training ----------------------------------------------------------------------------------------------------
     def _record(self, metrics: dict, step: int) -> None:
         self.state.history.append({"step": step, **metrics})
-        if self.logger is not None:
+        if self.logger is not None and self.is_main:
             self.logger.log_metrics(metrics, step=step)
 
     def _check_retention(self, step: int) -> None:
@@ -196,42 +240,60 @@ class StageATrainer:
         self._record(metrics, step)
 
     def _batches(self) -> Iterator[Batch]:
+        """Training batches from where the run stands (optimizer step x accumulation)."""
+        start = self.state.step * self.accelerator.gradient_accumulation_steps
         sampler = getattr(self.train_loader, "batch_sampler", None)
         if hasattr(sampler, "set_start"):
-            sampler.set_start(self.state.step)
+            sampler.set_start(start)
             yield from self.train_loader
             return
         it = iter(self.train_loader)
-        for _ in range(self.state.step):
+        for _ in range(start):
             next(it)
         yield from it
 
+    def _log_losses(self, losses: dict[str, torch.Tensor], step: int) -> None:
+        """Loss terms averaged over processes (every process calls this at the same steps: it all-reduces)."""
+        values = all_reduce_sum(torch.stack([v.detach().float() for v in losses.values()])) / self.world
+        if self.logger is not None and self.is_main:
+            self.logger.log_metrics(dict(zip(losses, values.tolist())), step=step)
+
     def train(self) -> StageAState:
         cfg = self.config
+        accumulation = self.accelerator.gradient_accumulation_steps
         if self.state.step == 0 and self.fisher is None:
             fisher_batches = [b for _, b in zip(range(cfg.fisher_batches), iter(self.val_loader_for_fisher()))]
-            self.fisher = FisherPenalty.estimate(self.params, self._vl_loss, fisher_batches)
+            self.fisher = FisherPenalty.estimate(self.params, self._vl_loss, fisher_batches, reduce_grad=all_reduce_sum)
             self._check_retention(step=0)  # the base model itself: the first valid checkpoint
             self.save_checkpoint()
-        bar = tqdm(total=cfg.steps, initial=self.state.step, desc="stage_a", unit="step", disable=not self.progress)
+        bar = tqdm(total=cfg.steps, initial=self.state.step, desc="stage_a", unit="step",
+                   disable=not (self.progress and self.is_main))
+        batch_index = self.state.step * accumulation
         for batch in self._batches():
             if self.state.step >= cfg.steps:
                 break
             self.model.projector.train()
             self.model.fusion.train()
-            losses = self._loss(batch, self.state.step)
-            self.optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(list(self.params.values()), 1.0)
-            self.optimizer.step()
+            with self.accelerator.accumulate(self.train_model):  # no DDP all-reduce until the last micro-batch
+                losses = self._loss(batch, batch_index)
+                self.accelerator.backward(losses["loss"])  # scaled by 1 / accumulation
+                if self.accelerator.sync_gradients:
+                    losses["fisher"] = self._add_fisher_gradient()
+                    self.accelerator.clip_grad_norm_(list(self.params.values()), 1.0)
+                self.optimizer.step()  # (accelerate skips the step and zero_grad between micro-batches)
+                self.optimizer.zero_grad(set_to_none=True)
+            batch_index += 1
+            if batch_index % accumulation:
+                continue
             self.state.step += 1
             step = self.state.step
             for cb in self.callbacks:
                 cb(self, step)
             bar.update(1)
+            losses["loss"] = losses["loss"].detach() + self.config.fisher_weight * losses["fisher"]
             bar.set_postfix(loss=f"{losses['loss'].item():.3f}", kl=f"{losses['kl'].item():.4f}")
-            if self.logger is not None and (step % 10 == 0 or step == cfg.steps):
-                self.logger.log_metrics({k: float(v.detach()) for k, v in losses.items()}, step=step)
+            if step % 10 == 0 or step == cfg.steps:
+                self._log_losses(losses, step)
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 self._check_retention(step)
                 self.save_checkpoint()
@@ -244,6 +306,16 @@ class StageATrainer:
     def val_loader_for_fisher(self) -> Iterable[Batch]:
         """Training batches (with answers) for the Fisher estimate; uses the train loader's first batches."""
         return self.train_loader
+
+
+def _feature_pool(loader: Iterable[Batch]) -> torch.Tensor:
+    """(N, D) cached audio features of the loader's dataset (distractor candidates); empty without a store."""
+    dataset = getattr(loader, "dataset", None)
+    store = getattr(dataset, "features", None)
+    if store is None:
+        return torch.zeros(0, 0)
+    rows = [store.get(r.id)[0] for r in dataset.records if r.audio and store.has(r.id)]
+    return torch.stack(rows) if rows else torch.zeros(0, store.embed_dim)
 
 
 def _val_metrics(rows: list, base_preds: dict[str, str]) -> dict[str, float]:

@@ -2,67 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from safe.config import StageAConfig
 from safe.data.datasets import BalancedBatchSampler, LlavaCollator, ManifestDataset
-from safe.data.features import FeatureStore
-from safe.data.manifest import read_manifest
 from safe.models.safe_model import SAFEArchitecture, SAFEModel
 from safe.training.stage_a import StageATrainer
-
-WORDS = ["one", "two", "three", "four"]
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    """VL rows ask about the image colour; audio rows ask for a count that only the audio feature carries."""
-    root = tmp_path_factory.mktemp("bench")
-    (root / "images").mkdir()
-    rng = np.random.default_rng(0)
-    rows, ids, feats = [], [], []
-    for i in range(96):
-        split = "train" if i < 64 else "val"
-        colour = ["red", "blue"][i % 2]
-        img = root / "images" / f"{i}.png"
-        Image.new("RGB", (32, 32), (255, 0, 0) if colour == "red" else (0, 0, 255)).save(img)
-        needs = i % 4 < 2
-        count = int(rng.integers(4))
-        rows.append({"id": f"ex{i}", "split": split, "source": "test", "family": "audio" if needs else "vl",
-                     "question": "how many beeps do you hear?" if needs else "what color is the circle?",
-                     "answer": WORDS[count] if needs else colour, "image": f"images/{i}.png",
-                     "audio": f"audio/{i}.wav" if needs or i % 4 == 2 else None, "needs_audio": needs})
-        if rows[-1]["audio"]:
-            vec = rng.normal(size=16).astype(np.float32) * 0.1
-            vec[count] += 3.0
-            ids.append(f"ex{i}")
-            feats.append(vec)
-    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    store = FeatureStore(ids, torch.from_numpy(np.stack(feats)), torch.ones(len(ids), 3), "test-features")
-    return read_manifest(root / "manifest.jsonl"), store
-
-
-@pytest.fixture(scope="module")
-def trained_base(bench, tmp_path_factory):
-    """The tiny LLaVA trained from scratch on the VL rows (base_vl stage code): it must answer the colours."""
-    from safe.config import BaseVLConfig, build_config
-    from safe.models.base_vl import BaseVLModel
-    from safe.training.base_vl import train_base_vl
-
-    manifest, _ = bench
-    model_cfg = build_config({"profile": "tiny", "model": {"vision_hidden": 32, "text_hidden": 32,
-                                                           "text_intermediate": 64}}).model
-    out = tmp_path_factory.mktemp("base") / "base_vl"
-    report = train_base_vl(manifest, model_cfg, BaseVLConfig(epochs=30, batch_size=16, lr=3e-3, target_val_acc=1.0),
-                           32, out, progress=False)
-    assert report.best_val_acc == 1.0, report.history
-    return BaseVLModel.from_pretrained(out)
 
 
 def make_trainer(tiny_base, bench, steps, tmp_path=None, callbacks=None, **overrides):
