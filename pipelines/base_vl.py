@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-from pipelines.common import BASE_VL, MANIFEST, METRICS, PLOTS, config, tracked_stage
+from pipelines.common import BASE_VL, MANIFEST, METRICS, PLOTS, config, launch_processes, tracked_stage
 from safe.data.manifest import read_manifest
 from safe.data.synth import derived_vl_questions
+from safe.distributed import make_accelerator
 from safe.io import write_json_atomic
 from safe.training.base_vl import train_base_vl
 
 
 def main() -> None:
     cfg = config()
-    with tracked_stage("base_vl", cfg, "model", "base_vl") as tracker:
+    if not cfg.model.base_vl:
+        launch_processes("pipelines.base_vl", cfg)
+    with tracked_stage("base_vl", cfg, "model", "accelerate", "base_vl") as tracker:
         if cfg.model.base_vl:  # a real checkpoint: nothing to train, keep the DAG shape
             BASE_VL.mkdir(parents=True, exist_ok=True)
             write_json_atomic(BASE_VL / "reference.json", {"checkpoint": cfg.model.base_vl})
             write_json_atomic(METRICS / "base_vl.json", {"trained_here": 0})
             return
         derive = derived_vl_questions if cfg.base_vl.derived_questions else None
+        accelerator = make_accelerator(cfg.accelerate.mixed_precision, cfg.accelerate.gradient_accumulation_steps)
         report = train_base_vl(read_manifest(MANIFEST), cfg.model, cfg.base_vl, cfg.data.image_size, BASE_VL,
-                               logger=tracker, derive_questions=derive)
+                               logger=tracker, derive_questions=derive, accelerator=accelerator)
+        if not accelerator.is_main_process:
+            return  # rank 0 wrote the model; it writes the metrics too
         metrics = {"trained_here": 1, "val_acc": report.best_val_acc, "best_epoch": report.best_epoch,
                    "epochs_run": report.epochs_run, "train_examples": report.train_examples}
         print(f"base_vl: VL-only validation accuracy {report.best_val_acc:.3f} (epoch {report.best_epoch})")

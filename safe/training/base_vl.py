@@ -19,6 +19,7 @@ from tqdm import tqdm
 from safe.config import BaseVLConfig, ModelConfig
 from safe.data.manifest import Manifest, ManifestRecord
 from safe.data.media import load_image
+from safe.distributed import all_reduce_sum, make_accelerator
 from safe.eval.metrics import score
 from safe.io import atomic_dir
 from safe.training.losses import answer_loss
@@ -45,18 +46,24 @@ def vl_only(records: Sequence[ManifestRecord]) -> list[ManifestRecord]:
 @torch.no_grad()
 def greedy_accuracy(llava, prompts: PromptEncoder, records, images, batch_size: int = 64, max_new_tokens: int = 4) -> float:
     """Share of `records` whose greedy answer scores as correct (exact match / VQA soft accuracy)."""
+    return greedy_score_sum(llava, prompts, records, images, batch_size, max_new_tokens) / max(len(records), 1)
+
+
+@torch.no_grad()
+def greedy_score_sum(llava, prompts: PromptEncoder, records, images, batch_size: int = 64, max_new_tokens: int = 4) -> float:
+    """Sum of the greedy answers' scores over `records` (processes add up their shares)."""
     llava.eval()
     total = 0.0
     for start in range(0, len(records), batch_size):
         recs = records[start:start + batch_size]
-        batch = prompts.encode([r.question for r in recs], images[start:start + batch_size])
+        batch = prompts.encode([r.question for r in recs], images[start:start + batch_size]).to(llava.device)
         out = llava.generate(
             **batch.model_inputs(), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=prompts.tokenizer.pad_token_id,
             eos_token_id=prompts.tokenizer.eos_token_id,
         )
         preds = prompts.tokenizer.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
         total += sum(score(p.strip(), r.answer, r.answers) for p, r in zip(preds, recs))
-    return total / max(len(records), 1)
+    return total
 
 
 @dataclass(frozen=True)
@@ -82,12 +89,18 @@ def training_pairs(records: Sequence[ManifestRecord], derive: Callable[[Manifest
 def train_base_vl(
     manifest: Manifest, model_cfg: ModelConfig, cfg: BaseVLConfig, image_size: int, out_dir: str | Path,
     logger=None, progress: bool = True, derive_questions: Callable[[ManifestRecord], list] | None = None,
+    accelerator=None,
 ) -> BaseVLReport:
     """Train, keep the best epoch by VL-only validation accuracy, stop early at `cfg.target_val_acc`, save.
 
     `derive_questions(record) -> [(question, answer)]` adds more questions about each training image (the synthetic
     benchmark knows every scene; real datasets already have several questions per image).
+    `accelerator` (safe.distributed.make_accelerator): under several processes each one trains on its rows of
+    every global batch (losses normalised by the global token count, DDP all-reduces the gradients) and scores its
+    share of the validation set; only rank 0 logs and saves. Batch size stays global.
     """
+    accelerator = accelerator or make_accelerator()
+    rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     train_all = manifest.by_split("train")
@@ -102,57 +115,68 @@ def train_base_vl(
     prompts = PromptEncoder(processor)
     llava = build_llava(model_cfg, tokenizer, image_size)
     images = {r.id: (load_image(manifest.resolve(r.image)) if r.image else None) for r in train_records + val}
-    val_images = [images[r.id] for r in val]
 
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
+    accumulation = accelerator.gradient_accumulation_steps
+    total_steps = math.ceil(math.ceil(len(train) / cfg.batch_size) / accumulation) * cfg.epochs  # optimizer steps
     optimizer = torch.optim.AdamW(llava.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = min(100, total_steps // 10 + 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)),
     )
+    llava.to(accelerator.device)
+    train_llava, optimizer = accelerator.prepare(llava, optimizer)  # DDP (identity in one process)
+    my_val = val[rank::world]
+    my_val_images = [images[r.id] for r in my_val]
     out_dir = Path(out_dir)
     best = {"acc": -1.0, "epoch": 0, "state": None}
     history: list[dict] = []
     step = 0
-    bar = tqdm(total=total_steps, desc="base_vl", unit="step", disable=not progress)
+    bar = tqdm(total=total_steps, desc="base_vl", unit="step", disable=not (progress and accelerator.is_main_process))
     epoch = 0
     for epoch in range(1, cfg.epochs + 1):
         llava.train()
-        order = rng.permutation(len(train))
+        order = rng.permutation(len(train))  # the same global order in every process (same seed)
         losses = []
         for start in range(0, len(order), cfg.batch_size):
-            pairs = [train[i] for i in order[start:start + cfg.batch_size]]
+            global_batch = [train[i] for i in order[start:start + cfg.batch_size]]
+            pairs = global_batch[rank::world]  # this process's rows
             batch = prompts.encode([p.question for p in pairs], [images[p.image_id] for p in pairs],
-                                   [p.answer for p in pairs])
-            logits = llava(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                pixel_values=batch.pixel_values,
-            ).logits  # (B, T, V)
-            loss = answer_loss(logits, batch.labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(llava.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-            step += 1
-            bar.update(1)
+                                   [p.answer for p in pairs]).to(accelerator.device)
+            with accelerator.accumulate(train_llava):
+                logits = train_llava(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    pixel_values=batch.pixel_values,
+                ).logits  # (B_local, T, V)
+                tokens = all_reduce_sum((batch.labels[:, 1:] != -100).sum().float()).clamp(min=1.0)
+                loss = answer_loss(logits, batch.labels, tokens) * world  # DDP averages: x world = global mean
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(llava.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(float(all_reduce_sum(loss.detach())) / world)
+            if accelerator.sync_gradients:
+                schedule.step()
+                step += 1
+                bar.update(1)
         row = {"step": step, "epoch": epoch, "train_loss": float(np.mean(losses))}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            row["val_acc"] = greedy_accuracy(llava, prompts, val, val_images)
+            correct = all_reduce_sum(torch.tensor(greedy_score_sum(llava, prompts, my_val, my_val_images)))
+            row["val_acc"] = float(correct) / len(val)
             if row["val_acc"] > best["acc"]:
                 best = {"acc": row["val_acc"], "epoch": epoch,
                         "state": {k: v.detach().clone() for k, v in llava.state_dict().items()}}
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row.get('val_acc', float('nan')):.3f}")
-        if logger is not None:
+        if logger is not None and accelerator.is_main_process:
             logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
         if best["acc"] >= cfg.target_val_acc:
             break
     bar.close()
     llava.load_state_dict(best["state"])
-    with atomic_dir(out_dir) as tmp:  # no half-written checkpoint is ever left
-        llava.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+    if accelerator.is_main_process:
+        with atomic_dir(out_dir) as tmp:  # no half-written checkpoint is ever left
+            llava.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+    accelerator.wait_for_everyone()
     return BaseVLReport(epoch, best["acc"], best["epoch"], len(train), len(val), history)
