@@ -1,27 +1,41 @@
-"""extract_features: the frozen audio encoder over every clip, cached by content; GX checks the features."""
+"""extract_features: the frozen audio encoder over every clip, cached by content; GX checks the features.
+
+With `accelerate.num_processes` > 1 the stage re-launches itself under `accelerate launch`; the processes split the
+shards (safe/data/features.py) and rank 0 alone assembles the store, runs the checks, writes the outputs and
+tracks the MLflow run. A re-run after an interruption skips the shards already done without decoding their audio.
+"""
 
 from __future__ import annotations
 
 from functools import partial
 
-from pipelines.common import CACHE, FEATURES, MANIFEST, METRICS, config, fail, tracked_stage
+from pipelines.common import CACHE, FEATURES, MANIFEST, METRICS, config, fail, launch_processes, tracked_stage
 from safe.data.checks import validate_features
 from safe.data.features import STAT_NAMES, extract_features
 from safe.data.manifest import read_manifest
 from safe.data.media import load_audio
+from safe.distributed import process_state
 from safe.io import atomic_dir, write_json_atomic
 from safe.models.audio_encoders import build_audio_encoder
 
 
 def main() -> None:
     cfg = config()
-    with tracked_stage("extract_features", cfg, "extract_features") as tracker:
+    launch_processes("pipelines.extract_features", cfg)  # accelerate launch when num_processes > 1
+    state = process_state()
+    with tracked_stage("extract_features", cfg, "accelerate", "extract_features") as tracker:  # MLflow run on rank 0 only
         manifest = read_manifest(MANIFEST)
-        encoder = build_audio_encoder(cfg.model.audio_encoder, cache_dir=CACHE / "encoders", seed=cfg.model.seed)
+        with state.main_process_first():  # rank 0 converts/caches the encoder weights once; the others then load
+            encoder = build_audio_encoder(cfg.model.audio_encoder, cache_dir=CACHE / "encoders", seed=cfg.model.seed)
+        encoder.to(state.device)
+        max_seconds = cfg.data.max_audio_seconds
         store, report = extract_features(
-            manifest, encoder, partial(load_audio, max_seconds=cfg.data.max_audio_seconds), CACHE / "features",
+            manifest, encoder, partial(load_audio, max_seconds=max_seconds), CACHE / "features",
             batch_size=cfg.extract_features.batch_size, shard_size=cfg.extract_features.shard_size,
+            audio_tag=f"max{max_seconds:g}s", state=state,
         )
+        if not state.is_main_process:
+            return
         check = validate_features({"pooled": store.pooled.numpy(), "stats": store.stats.numpy()},
                                   {"pooled": store.embed_dim, "stats": len(STAT_NAMES)}, ids=store.ids)
         if not check.success:
@@ -29,8 +43,7 @@ def main() -> None:
         with atomic_dir(FEATURES) as tmp:
             store.save(tmp)
         metrics = {**report.to_json(), "embed_dim": store.embed_dim}
-        print(f"extract_features: {report.encoded} clips encoded, {report.cache_hits} from the content cache, "
-              f"{report.shards_reused}/{report.shards} shards fully reused")
+        print(f"extract_features: {report.summary()}")
         tracker.log_metrics(metrics)
         write_json_atomic(METRICS / "extract_features.json", metrics)
 

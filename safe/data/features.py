@@ -1,17 +1,30 @@
 """Cached audio features: the frozen encoder runs once per distinct clip, keyed by the clip's content.
 
-`extract_features` walks a manifest in shards, looks every clip up in a content-addressed cache
-(`<cache_dir>/<encoder fingerprint>/<sha256[:2]>/<sha256>.npy`), encodes only the misses, and writes one
-`FeatureStore` (pooled embeddings + cheap audio statistics per example id). Unchanged audio is never re-encoded,
-and an interrupted run resumes from the cache: shards whose clips are all cached are counted as reused.
+`extract_features` walks a manifest in shards of `shard_size` clips and splits the shards across processes
+(round-robin by rank, `safe.distributed.shard`; one process when not launched). For each of its shards a process:
+
+1. hashes the clips' bytes (sha256; reading bytes, no decoding) -> the shard key = hash(encoder fingerprint,
+   audio tag, clip hashes);
+2. if the shard's done marker `<root>/shards/<shard key>.json` exists (and its clips are in the cache), skips the
+   shard without decoding any audio -- an interrupted run resumes here;
+3. otherwise decodes and encodes only the clips missing from the content cache
+   `<root>/clips/<sha256[:2]>/<sha256>.npy` (pooled embedding (D,) then stats (3,)), then writes the marker.
+
+`<root>` = `<cache_dir>/<encoder fingerprint>[-<audio tag>]`. Every cache file is written atomically (temp file +
+rename), so a killed process leaves whole entries or none, and two processes writing the same clip cannot corrupt
+it. A changed clip has a new hash: its shard's key changes and only that clip is encoded again.
+
+After `wait_for_everyone()`, rank 0 alone assembles the `FeatureStore` from the cache, in manifest order; the
+other ranks get `None` (and the same report). The processes must share `cache_dir` (one machine, or a shared disk).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,11 +32,17 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from safe.data.manifest import Manifest
-from safe.io import atomic_write, file_sha256
+from safe.distributed import all_gather_objects, process_state, shard
+from safe.io import atomic_write, file_sha256, write_json_atomic
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 POOLED_FILE = "features.safetensors"
 INDEX_FILE = "index.json"
 STAT_NAMES = ("rms", "peak", "duration_s")
+CLIP_DIR = "clips"  # <root>/clips/<sha256[:2]>/<sha256>.npy
+MARKER_DIR = "shards"  # <root>/shards/<shard key>.json
 
 
 def audio_stats(wave: np.ndarray, sampling_rate: int = 16000) -> np.ndarray:
@@ -78,15 +97,48 @@ class FeatureStore:
 
 
 @dataclass
+class ShardResult:
+    """What one process did with one shard (gathered on every rank after the shards are done)."""
+
+    index: int  # position of the shard in the manifest's audio rows (rows index*shard_size ...)
+    rank: int  # the process that handled it
+    keys: list[str]  # content key (sha256) of each clip, in row order
+    reused: bool  # skipped through its done marker: nothing decoded or encoded
+    encoded: int  # clips this shard ran through the encoder
+    cache_hits: int  # clips served from the content cache (all of them when reused)
+
+
+@dataclass
 class ExtractionReport:
+    """Counts for one extraction; `encoded + cache_hits == examples_with_audio`,
+    `shards_reused + shards_encoded == shards`."""
+
     examples_with_audio: int = 0
-    encoded: int = 0
-    cache_hits: int = 0
+    encoded: int = 0  # clips run through the encoder this run
+    cache_hits: int = 0  # clips served from the content cache
     shards: int = 0
-    shards_reused: int = 0
+    shards_reused: int = 0  # finished in an earlier run (done marker): no audio decoded
+    shards_encoded: int = 0  # looked up clip by clip this run, misses encoded (possibly none)
+    processes: int = 1
+    shard_log: list[ShardResult] = field(default_factory=list, repr=False)  # by shard index
+
+    @classmethod
+    def from_shards(cls, results: Sequence[ShardResult], examples_with_audio: int,
+                    processes: int) -> "ExtractionReport":
+        results = sorted(results, key=lambda r: r.index)
+        reused = sum(r.reused for r in results)
+        return cls(examples_with_audio=examples_with_audio, encoded=sum(r.encoded for r in results),
+                   cache_hits=sum(r.cache_hits for r in results), shards=len(results), shards_reused=reused,
+                   shards_encoded=len(results) - reused, processes=processes, shard_log=list(results))
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        """The counters (numbers only: the stage's DVC/MLflow metrics)."""
+        return {k: v for k, v in self.__dict__.items() if k != "shard_log"}
+
+    def summary(self) -> str:
+        return (f"{self.shards_encoded}/{self.shards} shards encoded, {self.shards_reused} reused; "
+                f"{self.encoded} clips encoded, {self.cache_hits} from the content cache "
+                f"({self.processes} process{'es' if self.processes > 1 else ''})")
 
 
 def extract_features(
@@ -97,55 +149,91 @@ def extract_features(
     batch_size: int = 32,
     shard_size: int = 256,
     progress: bool = True,
-) -> tuple[FeatureStore, ExtractionReport]:
-    """Encode every clip of `manifest` with the frozen `encoder` (cached by content), returning the store."""
-    cache_root = Path(cache_dir) / _safe_name(encoder.fingerprint())
-    report = ExtractionReport()
-    rows = [(r.id, manifest.resolve(r.audio)) for r in manifest.records if r.audio]
-    report.examples_with_audio = len(rows)
-    pooled: list[np.ndarray] = []
-    stats: list[np.ndarray] = []
-    bar = tqdm(total=len(rows), desc="extract_features", unit="clip", disable=not progress)
-    for start in range(0, len(rows), shard_size):
-        shard = rows[start:start + shard_size]
-        report.shards += 1
-        shard_encoded = _encode_shard(shard, encoder, load_audio, cache_root, batch_size, pooled, stats, report, bar)
-        report.shards_reused += int(shard_encoded == 0)
+    audio_tag: str = "",
+    state: "PartialState | None" = None,
+) -> tuple[FeatureStore | None, ExtractionReport]:
+    """Encode every clip of `manifest` with the frozen `encoder` (cached by content), sharded across processes.
+
+    `load_audio(path)` decodes one clip (it is only called for clips missing from the cache). `audio_tag` names
+    whatever `load_audio` does that changes the features (e.g. `max30s` for cropping): it is part of the cache
+    folder, so changing it never reuses features computed the other way. `state` is accelerate's process state
+    (default `safe.distributed.process_state()`). Returns the store on rank 0 (None on other ranks) and the
+    report on every rank. Collective: every process must call it with the same manifest and settings.
+    """
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"extract_features: shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
+    state = state or process_state()
+    fingerprint = encoder.fingerprint()
+    cache_root = Path(cache_dir) / _safe_name(f"{fingerprint}-{audio_tag}" if audio_tag else fingerprint)
+    rows = [(r.id, manifest.resolve(r.audio)) for r in manifest.records if r.audio]  # (example id, clip path)
+    shards = [rows[start:start + shard_size] for start in range(0, len(rows), shard_size)]
+    mine = shard(list(range(len(shards))), state)  # this rank's shard indices: rank, rank + world, ...
+    salt = _shard_salt(fingerprint, audio_tag)
+    bar = tqdm(total=sum(len(shards[i]) for i in mine), desc="extract_features", unit="clip",
+               disable=not progress or not state.is_main_process)
+    local: list[ShardResult] = []
+    for index in mine:
+        local.append(_process_shard(index, shards[index], state.process_index, encoder, load_audio, cache_root,
+                                    salt, batch_size))
+        bar.update(len(shards[index]))
     bar.close()
-    dim = int(getattr(encoder, "embed_dim"))
-    store = FeatureStore(
-        ids=[r[0] for r in rows],
-        pooled=torch.from_numpy(np.stack(pooled)) if pooled else torch.zeros(0, dim),
-        stats=torch.from_numpy(np.stack(stats)) if stats else torch.zeros(0, len(STAT_NAMES)),
-        encoder=encoder.fingerprint(),
-    )
-    return store, report
+    state.wait_for_everyone()  # every rank's cache entries and markers are on disk
+    report = ExtractionReport.from_shards(all_gather_objects(local, state), len(rows), state.num_processes)
+    if not state.is_main_process:
+        return None, report
+    keys = [key for result in report.shard_log for key in result.keys]  # manifest order: shards are contiguous
+    return _assemble([row[0] for row in rows], keys, cache_root, fingerprint, int(encoder.embed_dim)), report
 
 
-def _encode_shard(shard, encoder, load_audio, cache_root, batch_size, pooled, stats, report, bar) -> int:
-    keys = [file_sha256(path) for _, path in shard]
-    todo: list[int] = []
-    results: dict[int, np.ndarray] = {}
+def _process_shard(index: int, rows: list[tuple[str, Path]], rank: int, encoder, load_audio, cache_root: Path,
+                   salt: str, batch_size: int) -> ShardResult:
+    """Reuse the shard through its done marker, else encode its clips that miss the cache, then mark it done."""
+    keys = [file_sha256(path) for _, path in rows]
+    marker = cache_root / MARKER_DIR / f"{_shard_key(salt, keys)}.json"
+    if marker.is_file() and all(_clip_path(cache_root, k).is_file() for k in keys):
+        return ShardResult(index, rank, keys, reused=True, encoded=0, cache_hits=len(keys))
+    todo, seen = [], set()  # first row of each clip missing from the cache (a clip used twice is encoded once)
     for i, key in enumerate(keys):
-        cached = _cache_path(cache_root, key)
-        if cached.is_file():
-            results[i] = np.load(cached)
-            report.cache_hits += 1
-        else:
+        if key not in seen and not _clip_path(cache_root, key).is_file():
             todo.append(i)
-    waves = {i: load_audio(shard[i][1]) for i in range(len(shard))}
+        seen.add(key)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
-        enc = encoder.encode([waves[i] for i in chunk]).pooled.float().cpu().numpy()  # (b, D)
-        for i, vec in zip(chunk, enc):
-            results[i] = vec.astype(np.float32)
-            atomic_write(_cache_path(cache_root, keys[i]), lambda p, v=results[i]: np.save(p, v), suffix=".npy")
-        report.encoded += len(chunk)
-    for i in range(len(shard)):
-        pooled.append(results[i])
-        stats.append(audio_stats(waves[i]))
-    bar.update(len(shard))
-    return len(todo)
+        waves = [load_audio(rows[i][1]) for i in chunk]
+        pooled = encoder.encode(waves).pooled.float().cpu().numpy()  # (b, D)
+        for i, wave, vec in zip(chunk, waves, pooled):
+            _write_clip(_clip_path(cache_root, keys[i]), vec.astype(np.float32), audio_stats(wave))
+    write_json_atomic(marker, {"shard_index": index, "clips": len(keys), "keys": keys})
+    return ShardResult(index, rank, keys, reused=False, encoded=len(todo), cache_hits=len(keys) - len(todo))
+
+
+def _assemble(ids: list[str], keys: list[str], cache_root: Path, fingerprint: str, dim: int) -> FeatureStore:
+    """The store, read back from the content cache: pooled (N, D), stats (N, 3)."""
+    if len(ids) != len(keys):
+        raise RuntimeError(f"extract_features: {len(keys)} clip keys gathered for {len(ids)} clips with audio")
+    if not ids:
+        return FeatureStore([], torch.zeros(0, dim), torch.zeros(0, len(STAT_NAMES)), fingerprint)
+    pooled, stats = zip(*(_read_clip(_clip_path(cache_root, key), id_, dim) for id_, key in zip(ids, keys)))
+    return FeatureStore(ids, torch.from_numpy(np.stack(pooled)), torch.from_numpy(np.stack(stats)), fingerprint)
+
+
+def _write_clip(path: Path, pooled: np.ndarray, stats: np.ndarray) -> None:
+    """One .npy per clip: pooled (D,) then the stats (3,), float32 (3x faster to read back than an .npz)."""
+    entry = np.concatenate([pooled, stats]).astype(np.float32)  # (D + 3,)
+    atomic_write(path, lambda p: np.save(p, entry), suffix=".npy")
+
+
+def _read_clip(path: Path, example_id: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled (D,), stats (3,)) of one cache entry."""
+    try:
+        entry = np.load(path)  # (D + 3,)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"extract_features: cache entry {path} for example {example_id!r} vanished while "
+                                "the store was assembled (was the cache pruned concurrently?); re-run") from None
+    if entry.shape != (dim + len(STAT_NAMES),):
+        raise ValueError(f"extract_features: cache entry {path} (example {example_id!r}) has shape {entry.shape}, "
+                         f"expected ({dim + len(STAT_NAMES)},); delete it and re-run")
+    return entry[:-len(STAT_NAMES)], entry[-len(STAT_NAMES):]
 
 
 def stack_features(
@@ -163,9 +251,25 @@ def stack_features(
     return pooled, stats, has
 
 
-def _cache_path(root: Path, key: str) -> Path:
-    return root / key[:2] / f"{key}.npy"
+def _shard_salt(fingerprint: str, audio_tag: str) -> str:
+    return json.dumps({"encoder": fingerprint, "audio_tag": audio_tag})
 
 
-def _safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:120]
+def _shard_key(salt: str, keys: Sequence[str]) -> str:
+    """A shard's identity: what it was encoded with and the content of its clips, in order."""
+    digest = hashlib.sha256(salt.encode())
+    for key in keys:
+        digest.update(key.encode())
+    return digest.hexdigest()
+
+
+def _clip_path(root: Path, key: str) -> Path:
+    return root / CLIP_DIR / key[:2] / f"{key}.npy"
+
+
+def _safe_name(text: str, limit: int = 120) -> str:
+    """`text` as a folder name; a long one keeps its head plus a hash of the whole, so two never collide."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+    if len(name) <= limit:
+        return name
+    return f"{name[:limit - 17]}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
