@@ -80,6 +80,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "pipelines.flows", "schedule", "--cron", args.cron, "--name", args.name]
     if args.register_only:
         command.append("--register-only")
+    if args.work_pool:
+        command += ["--work-pool", args.work_pool]
     return subprocess.call(command)
 
 
@@ -110,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cron", default="0 3 * * *")
     p.add_argument("--name", default="safe-nightly")
     p.add_argument("--register-only", action="store_true", help="register the deployment and exit (no serving)")
+    p.add_argument("--work-pool", help="with --register-only: the Prefect work pool whose workers run the flow")
     p.set_defaults(func=cmd_schedule)
     return parser
 
