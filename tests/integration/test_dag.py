@@ -124,3 +124,25 @@ def test_safe_infer_answers_a_test_example_with_the_registered_model(project, fl
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert answer["budget"] in (0, 4, 8, 12) and 0.0 <= answer["gate"] <= 1.0 and answer["latency_ms"] > 0
     assert isinstance(answer["answer"], str)
+
+
+def _stage_runs(dst: Path, env: dict, stage: str) -> int:
+    code = ("import mlflow; from safe import tracking; mlflow.set_tracking_uri(tracking.tracking_uri()); "
+            f"print(len(mlflow.search_runs(search_all_experiments=True, filter_string=\"attributes.run_name = '{stage}'\")))")
+    return int(_run([sys.executable, "-c", code], dst, {**env, "SAFE_PROJECT_DIR": str(dst)}).stdout.split()[-1])
+
+
+def test_stage_a_runs_under_accelerate_launch_with_two_processes(project, flow_outcome):
+    """Last on purpose: it edits params.yaml. The process count is not a stage param (results do not depend on it)."""
+    dst, env = project
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    params["accelerate"]["num_processes"] = 2
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "up to date" in _run(["dvc", "status"], dst, env).stdout
+    before = _stage_runs(dst, env, "stage_a")
+    result = _run(["dvc", "repro", "--single-item", "--force", "stage_a"], dst, env)
+    assert "pipelines.stage_a: launching 2 processes" in result.stdout + result.stderr
+    metrics = json.loads((dst / "data/metrics/stage_a.json").read_text())
+    assert 0.0 <= metrics["vl_acc_safe"] <= 1.0 and metrics["retention_drop"] <= params["stage_a"].get(
+        "retention_tolerance", 1.0)
+    assert _stage_runs(dst, env, "stage_a") == before + 1  # rank 0 tracks; the other process logs nothing
