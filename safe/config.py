@@ -310,14 +310,19 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "stage_a": {"steps": 1000, "eval_every": 50},
         "stage_b": {"steps": 800},
     },
+    # SmolLM2-135M (30 layers) dominates every forward pass: sizes keep the whole DAG under an hour on 2 CPU cores.
     "smol": {
-        "data": {"size": 1600, "image_size": 64},
+        "data": {"size": 1000, "image_size": 64},
         "model": {
-            "language_model": "smollm2-135m-instruct", "language_model_trainable": "frozen",
+            "language_model": "smollm2-135m-instruct", "language_model_trainable": "norms",
             "audio_encoder": "whisper-tiny.en",
             "vision_hidden": 128, "vision_layers": 4, "vision_heads": 4, "patch_size": 16,
-            "fusion_layers": [-1], "lora_rank": 16,
+            "fusion_layers": [-3, -2, -1], "lora_rank": 32,
         },
+        "base_vl": {"epochs": 6, "batch_size": 16, "lr": 3e-3, "derived_questions": False},
+        "stage_a": {"steps": 200, "batch_size": 16, "eval_every": 50, "fisher_batches": 2},
+        "stage_b": {"steps": 800},
+        "evaluate": {"bootstrap": 500, "latency_examples": 16},
     },
     "llava": {
         "data": {"source": "manifest", "manifest": "data/ingested/manifest.jsonl", "image_size": 336},

@@ -120,7 +120,7 @@ def test_prompt_encoder_uses_chatml_for_the_lm_and_llava15_for_the_word_tokenize
 
 
 def test_frozen_lm_trains_only_vision_tower_and_projector(tiny_lm_dir):
-    llava, processor = build_trainable_vl(_model_cfg(str(tiny_lm_dir)), [], image_size=32)
+    llava, processor = build_trainable_vl(_model_cfg(str(tiny_lm_dir), language_model_trainable="frozen"), [], 32)
     trainable = {name.split(".")[1] for name, p in llava.named_parameters() if p.requires_grad}
     assert trainable == {"vision_tower", "multi_modal_projector"}
     before = {k: v.clone() for k, v in llava.state_dict().items()}
@@ -131,6 +131,15 @@ def test_frozen_lm_trains_only_vision_tower_and_projector(tiny_lm_dir):
     torch.optim.SGD([p for p in llava.parameters() if p.requires_grad], lr=0.1).step()
     changed = {k.split(".")[1] for k, v in llava.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"vision_tower", "multi_modal_projector"}
+
+
+def test_norms_mode_tunes_only_the_lm_norm_gains(tiny_lm_dir):
+    llava, _ = build_trainable_vl(_model_cfg(str(tiny_lm_dir), language_model_trainable="norms"), [], 32)
+    lm_trainable = [n for n, p in llava.model.language_model.named_parameters() if p.requires_grad]
+    # 2 layers x (input, post-attention) + the final norm; no projection, embedding or head weight.
+    assert len(lm_trainable) == 5 and all("norm" in n for n in lm_trainable)
+    assert not llava.lm_head.weight.requires_grad
+    assert all(p.requires_grad for p in llava.model.vision_tower.parameters())
 
 
 def test_lm_fully_trainable_when_asked(tiny_lm_dir):
