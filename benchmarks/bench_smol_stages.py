@@ -2,11 +2,11 @@
 
 Usage, in a project whose params.yaml says `profile: smol`:
 
-    python benchmarks/bench_smol_stages.py            # stage times of the latest pipeline run in the MLflow store
+    python benchmarks/bench_smol_stages.py            # each stage's newest finished run in the MLflow store
     python benchmarks/bench_smol_stages.py --run      # run every stage now (`dvc repro -f -s <stage>`) and time it
 
-The first form reads what the last `dvc repro` logged (each stage is an MLflow run with a start and an end time;
-process start-up and DVC's hashing and caching are not in it). The second one times each stage as DVC runs it, so
+The first form reads what `dvc repro` logged (each stage is an MLflow run with a start and an end time; process
+start-up, imports and DVC's hashing and caching are not in it). The second one times each stage as DVC runs it, so
 it includes both, and reruns the whole DAG. Prints measured seconds only.
 """
 
@@ -47,22 +47,28 @@ def time_stages(project: Path, stages: list[str]) -> list[tuple[str, str, float]
     return rows
 
 
-def logged_stages(project: Path) -> list[tuple[str, str, float]]:
-    """(stage, status, seconds) of the stage runs under the newest pipeline run in the project's MLflow store."""
+def logged_stages(project: Path, stages: list[str]) -> list[tuple[str, str, float]]:
+    """(stage, run id, seconds) of the newest FINISHED MLflow run of each stage, over the project's pipeline runs.
+
+    A `dvc repro` that finds a stage cached does not run it, so the times can come from several pipeline runs
+    (e.g. base_vl from the first repro, stage_a onwards from one after a stage_a parameter changed)."""
     from safe import tracking
 
     os.chdir(project)  # the store and the execution tags are resolved from the working directory
     mlf = tracking.client(project)
-    parents = mlf.search_runs([tracking.experiment_id(mlf)], max_results=1, order_by=["attributes.start_time DESC"],
+    parents = mlf.search_runs([tracking.experiment_id(mlf)], max_results=50, order_by=["attributes.start_time DESC"],
                               filter_string=f"tags.`{tracking.ROLE_TAG}` = 'pipeline'")
     if not parents:
         raise SystemExit(f"no pipeline run in {tracking.tracking_uri(project)}; run `dvc repro` first (or use --run)")
-    rows = []
-    for run in tracking.stage_runs(parents[0].info.run_id, mlf):
-        end = run.info.end_time or run.info.start_time
-        rows.append((run.data.tags.get(tracking.STAGE_TAG, run.info.run_name), run.info.status,
-                     (end - run.info.start_time) / 1000.0))
-    return rows
+    newest: dict[str, object] = {}
+    for parent in parents:
+        for run in tracking.stage_runs(parent.info.run_id, mlf):
+            stage = run.data.tags.get(tracking.STAGE_TAG, run.info.run_name)
+            if run.info.status == "FINISHED" and run.info.end_time and (
+                    stage not in newest or run.info.start_time > newest[stage].info.start_time):
+                newest[stage] = run
+    return [(stage, newest[stage].info.run_id[:8], (newest[stage].info.end_time - newest[stage].info.start_time) / 1000)
+            for stage in stages if stage in newest]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,11 +80,15 @@ def main(argv: list[str] | None = None) -> None:
     profile = profile_of(project)
     if profile != "smol":
         print(f"note: {project}/params.yaml has profile {profile!r}, not 'smol'")
-    print(f"== stage wall times, profile {profile} ({'timed now' if args.run else 'from the latest MLflow pipeline run'})")
-    rows = time_stages(project, dag_stages(project)) if args.run else logged_stages(project)
+    print(f"== stage wall times, profile {profile} ({'timed now' if args.run else 'newest finished MLflow runs'})")
+    stages = dag_stages(project)
+    rows = time_stages(project, stages) if args.run else logged_stages(project, stages)
     if not args.run:
-        for stage, status, seconds in rows:
-            print(f"  {stage:<18} {seconds:9.1f} s  {status}")
+        for stage, run_id, seconds in rows:
+            print(f"  {stage:<18} {seconds:9.1f} s  (MLflow run {run_id})")
+        missing = [s for s in stages if s not in {r[0] for r in rows}]
+        if missing:
+            print(f"  no finished run of: {', '.join(missing)}")
     print(f"  {'total':<18} {sum(s for _, _, s in rows):9.1f} s  ({sum(s for _, _, s in rows) / 60:.1f} min)")
 
 

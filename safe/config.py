@@ -320,7 +320,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
             "fusion_layers": [-3, -2, -1], "lora_rank": 32,
         },
         "base_vl": {"epochs": 6, "batch_size": 16, "lr": 3e-3, "derived_questions": False},
-        "stage_a": {"steps": 200, "batch_size": 16, "eval_every": 50, "fisher_batches": 2},
+        "stage_a": {"steps": 80, "batch_size": 16, "eval_every": 40, "fisher_batches": 2},
         "stage_b": {"steps": 800},
         "evaluate": {"bootstrap": 500, "latency_examples": 16},
     },
