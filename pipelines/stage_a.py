@@ -30,6 +30,8 @@ def main() -> None:
         manifest, store = read_manifest(MANIFEST), FeatureStore.load(FEATURES)
         base = BaseVLModel.from_pretrained(base_vl_source(cfg), dtype=getattr(torch, cfg.model.dtype))
         base.to(accelerator.device)  # the trainable parts are built on the base's device
+        if cfg.model.activation_checkpointing:
+            base.enable_activation_checkpointing()
         model = SAFEModel(base, SAFEArchitecture.from_config(cfg.model, store.embed_dim))
         tracker.log_metrics(model.trainable_summary())
         train = ManifestDataset(manifest, "train", features=store)

@@ -93,6 +93,8 @@ class ModelConfig:
     lora_rank: int = 8
     """Rank of the low-rank projections inside each fusion block."""
     dtype: str = "float32"
+    activation_checkpointing: bool = False
+    """Stage A recomputes the frozen LM's decoder activations in backward instead of keeping them (large models)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -329,7 +331,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {
             "base_vl": "llava-hf/llava-1.5-7b-hf", "audio_encoder": "clap:laion/clap-htsat-unfused",
             "fusion_layers": [-8, -4, -1], "fusion_heads": 32, "lora_rank": 16, "dtype": "bfloat16",
-            "projector_hidden": 2048,
+            "projector_hidden": 2048, "activation_checkpointing": True,
         },
         "stage_a": {"batch_size": 8},
     },

@@ -310,6 +310,7 @@ class BaseVLModel(nn.Module):
         self.tokenizer = processor.tokenizer
         self.source = source
         self.prompts = PromptEncoder(processor)
+        self.activation_checkpointing = False
         for param in self.llava.parameters():
             param.requires_grad_(False)
         self.eval()
@@ -330,7 +331,30 @@ class BaseVLModel(nn.Module):
         self.processor.save_pretrained(folder)
 
     def train(self, mode: bool = True) -> "BaseVLModel":  # noqa: ARG002 - frozen by design
-        return super().train(False)
+        super().train(False)
+        if self.activation_checkpointing:  # see enable_activation_checkpointing
+            for layer in self.decoder_layers:
+                layer.train(True)
+        return self
+
+    def enable_activation_checkpointing(self) -> None:
+        """Recompute the language model's decoder-layer activations in the backward pass instead of keeping them:
+        activation memory for one more forward of the frozen LM per training step (the llava profile's Stage A).
+
+        transformers checkpoints a layer's `forward`, so module hooks (SAFE's fusion blocks) run once, outside the
+        checkpoint, with their activations kept. It checkpoints only in training mode, so the decoder layers alone
+        are put in training mode, which changes nothing else because their dropout is zero (checked here)."""
+        dropout = float(getattr(self.llava.config.text_config, "attention_dropout", 0.0) or 0.0)
+        if dropout:
+            raise ValueError(f"activation checkpointing puts the frozen decoder layers in training mode, which would "
+                             f"turn on their attention dropout ({dropout}); set text_config.attention_dropout to 0")
+        self.llava.activation_checkpointing_enable({"use_reentrant": False})
+        # transformers also makes the input embeddings require grad (for reentrant checkpointing and PEFT), which would
+        # make every frozen layer keep its activations; with non-reentrant checkpointing nothing before the first
+        # fusion block needs a gradient, so that is undone.
+        self.llava.disable_input_require_grads()
+        self.activation_checkpointing = True
+        self.train(False)
 
     # -- structure -------------------------------------------------------------------------------------------
     @property
@@ -356,6 +380,7 @@ class BaseVLModel(nn.Module):
 
     def question_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Mean input embedding of the text tokens (image placeholders excluded): (B, D). Cheap: no layers run."""
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         emb = self.llava.get_input_embeddings()(input_ids)  # (B, T, D)
         keep = attention_mask.bool() & (input_ids != self.llava.config.image_token_id)  # (B, T)
         keep_f = keep.unsqueeze(-1).to(emb.dtype)
@@ -368,10 +393,11 @@ class BaseVLModel(nn.Module):
 
     # -- inference -----------------------------------------------------------------------------------------------
     def forward(self, batch: VLBatch) -> torch.Tensor:
-        """Logits (B, T, V) of the frozen base model."""
+        """Logits (B, T, V) of the frozen base model (on its device, wherever `batch` is)."""
+        batch = batch.to(self.device)
         out = self.llava(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-            pixel_values=batch.pixel_values,
+            pixel_values=batch.pixel_values, use_cache=False,
         )
         return out.logits
 
@@ -379,6 +405,7 @@ class BaseVLModel(nn.Module):
     def generate_answers(self, batch: VLBatch, max_new_tokens: int = 4, return_first_logits: bool = False):
         """Greedy short answers (decoded, stripped). With `return_first_logits`, also the logits of the first answer
         token (B, V): the model's confidence in its answer, which the policy state uses."""
+        batch = batch.to(self.device)
         out = self.llava.generate(
             **batch.model_inputs(), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id, return_dict_in_generate=True, output_scores=return_first_logits,
