@@ -5,6 +5,7 @@ from __future__ import annotations
 from pipelines.common import CACHE, EVAL, FEATURES, MANIFEST, SAFE_BUNDLE, config, tracked_stage
 from safe.data.features import FeatureStore
 from safe.data.manifest import read_manifest
+from safe.distributed import process_state
 from safe.eval.criteria import Thresholds, evaluate_criteria
 from safe.eval.evaluation import measure_latency, prediction_table
 from safe.eval.metrics import compute_details, compute_metrics
@@ -22,7 +23,8 @@ def main() -> None:
     cfg = config()
     with tracked_stage("evaluate", cfg, "evaluate", "promote") as tracker:
         manifest, store = read_manifest(MANIFEST), FeatureStore.load(FEATURES)
-        predictor = SAFEPredictor.load(SAFE_BUNDLE, cache_dir=CACHE / "encoders")
+        predictor = SAFEPredictor.load(SAFE_BUNDLE, cache_dir=CACHE / "encoders", dtype=cfg.model.dtype,
+                                       device=process_state().device)
         predictor.max_new_tokens = cfg.evaluate.max_new_tokens
         table = prediction_table(predictor, manifest, store, "test", cfg.evaluate.batch_size,
                                  cfg.evaluate.max_new_tokens, cfg.evaluate.seed)

@@ -9,6 +9,7 @@ from pipelines.common import FEATURES, MANIFEST, METRICS, PLOTS, STAGE_A, STAGE_
 from safe.data.datasets import LlavaCollator, ManifestDataset
 from safe.data.features import FeatureStore
 from safe.data.manifest import read_manifest
+from safe.distributed import process_state
 from safe.eval.plots import plot_stage_b_rewards
 from safe.inference import load_safe_model
 from safe.io import atomic_dir, write_json_atomic
@@ -21,7 +22,7 @@ def main() -> None:
     cfg = config()
     with tracked_stage("stage_b", cfg, "stage_b") as tracker:
         manifest, store = read_manifest(MANIFEST), FeatureStore.load(FEATURES)
-        model = load_safe_model(STAGE_A, with_encoder=False)
+        model = load_safe_model(STAGE_A, with_encoder=False, dtype=cfg.model.dtype, device=process_state().device)
         collate = LlavaCollator(model.base, store.embed_dim, with_answers=False)
         tables = {}
         for split in ("train", "val"):

@@ -59,16 +59,23 @@ def assemble_bundle(out_dir: str | Path, base_vl: str, stage_a_dir: str | Path, 
 
 
 def load_safe_model(model_dir: str | Path, base_vl: str | None = None, with_encoder: bool = True,
-                    cache_dir: str | Path | None = None) -> SAFEModel:
-    """Rebuild a SAFEModel from a folder holding safe_config.json + safe_trainable.safetensors."""
+                    cache_dir: str | Path | None = None, dtype: str | torch.dtype = "float32",
+                    device: str | torch.device = "cpu") -> SAFEModel:
+    """Rebuild a SAFEModel from a folder holding safe_config.json + safe_trainable.safetensors.
+
+    `dtype` is the frozen base's (`model.dtype`: bfloat16 for the llava profile); the trainable parts stay float32.
+    Everything is placed on `device`."""
     model_dir = Path(model_dir)
     config = read_safe_config(model_dir)
     source = base_vl or config["base_vl"]
     if not Path(source).is_absolute() and (model_dir / source).is_dir():
         source = str(model_dir / source)
-    base = BaseVLModel.from_pretrained(source)
+    base = BaseVLModel.from_pretrained(source, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    base.to(device)  # before SAFEModel, which builds the trainable parts on the base's device
     encoder = build_audio_encoder(config["audio_encoder"], cache_dir=cache_dir, seed=config.get("seed", 0)) \
         if with_encoder else None
+    if encoder is not None:
+        encoder.to(device)
     model = SAFEModel(base, SAFEArchitecture.from_json(config["architecture"]), audio_encoder=encoder)
     model.load_trainable(model_dir)
     model.eval()
@@ -84,11 +91,14 @@ class SAFEPredictor:
         self.max_new_tokens = max_new_tokens
 
     @classmethod
-    def load(cls, bundle_dir: str | Path, cache_dir: str | Path | None = None) -> "SAFEPredictor":
+    def load(cls, bundle_dir: str | Path, cache_dir: str | Path | None = None, dtype: str | torch.dtype = "float32",
+             device: str | torch.device = "cpu") -> "SAFEPredictor":
+        """The bundle's model (`dtype`, `device` as in `load_safe_model`); the gate stays on the CPU."""
         bundle_dir = Path(bundle_dir)
         if not (bundle_dir / GATE_DIR).is_dir():
             raise FileNotFoundError(f"{bundle_dir} is not a SAFE bundle (missing {GATE_DIR}/)")
-        return cls(load_safe_model(bundle_dir, cache_dir=cache_dir), load_gate(bundle_dir / GATE_DIR))
+        return cls(load_safe_model(bundle_dir, cache_dir=cache_dir, dtype=dtype, device=device),
+                   load_gate(bundle_dir / GATE_DIR))
 
     @torch.no_grad()
     def predict(self, image: str | Path | None, audio: str | Path | None, question: str,
@@ -105,7 +115,7 @@ class SAFEPredictor:
         has = torch.tensor([wave is not None])
         stats = torch.from_numpy(audio_stats(wave))[None] if wave is not None else torch.zeros(1, 3)
         state = build_state(self.model.base.question_embedding(batch.input_ids, batch.attention_mask), first_logits,
-                            stats, has)
+                            stats, has).cpu()  # the gate is small and lives on the CPU
         gate_value = float(self.gate.audio_probability(state)[0]) if wave is not None else 0.0
         if force_budget is not None:
             budget = force_budget if wave is not None else 0

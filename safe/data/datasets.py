@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -76,6 +76,14 @@ class Batch:
     @property
     def answers(self) -> list[str]:
         return [r.answer for r in self.records]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """The tensors on `device` (the training device); records and waveforms stay as they are."""
+        return replace(
+            self, vl=self.vl.to(device), audio_features=self.audio_features.to(device),
+            audio_stats=self.audio_stats.to(device), has_audio=self.has_audio.to(device),
+            needs_audio=self.needs_audio.to(device),
+        )
 
 
 class LlavaCollator:

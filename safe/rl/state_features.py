@@ -35,6 +35,8 @@ def build_state(
     for name, t in (("first_logits", first_logits), ("audio_stats", audio_stats), ("has_audio", has_audio)):
         if t.shape[0] != B:
             raise ValueError(f"{name} has batch size {t.shape[0]}, expected {B}")
+    device = question_embedding.device  # the base model's (the audio stats come from the CPU side)
+    first_logits, audio_stats, has_audio = first_logits.to(device), audio_stats.to(device), has_audio.to(device)
     stats = audio_stats.float() * has_audio.unsqueeze(-1).float()
     return torch.cat([
         question_embedding.float(), answer_confidence(first_logits), stats, has_audio.float().unsqueeze(-1),

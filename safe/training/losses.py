@@ -19,13 +19,15 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor, normalizer: float | 
     Mean over the labelled tokens, or their sum divided by `normalizer` (the token count of the GLOBAL batch when
     the batch is split across processes, so every process's share adds up to the one-process mean).
     Returns 0 (with grad) when nothing is labelled."""
-    if not bool((labels[:, 1:] != -100).any()):
+    labelled = labels[:, 1:] != -100  # (B, T-1)
+    if not bool(labelled.any()):
         return logits.sum() * 0.0
-    flat_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    flat_labels = labels[:, 1:].reshape(-1)
+    # Only the labelled slots are upcast: (B, T, V) in float32 would dominate memory at a 32k vocabulary.
+    picked = logits[:, :-1][labelled].float()  # (N, V)
+    targets = labels[:, 1:][labelled]  # (N,)
     if normalizer is None:
-        return nn.functional.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
-    return nn.functional.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum") / normalizer
+        return nn.functional.cross_entropy(picked, targets)
+    return nn.functional.cross_entropy(picked, targets, reduction="sum") / normalizer
 
 
 def retention_kl(

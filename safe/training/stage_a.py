@@ -121,6 +121,7 @@ class StageATrainer:
         return all_reduce_sum(mask.sum().float()).clamp(min=1.0)
 
     def _loss(self, batch: Batch, batch_index: int) -> dict[str, torch.Tensor]:
+        batch = batch.to(self.accelerator.device)
         feats, budgets = self._audio_plan(batch, batch_index)
         logits = self.train_model(batch.vl, budgets, audio_features=feats)  # (B, T, V)
         with torch.no_grad():
@@ -152,6 +153,7 @@ class StageATrainer:
     def _vl_loss(self, batch: Batch) -> torch.Tensor:
         """New-task loss on VL-only rows with distractor audio at the largest budget (for the Fisher estimate);
         this share's sum over the global token count (the gradients are then summed over processes)."""
+        batch = batch.to(self.accelerator.device)
         feats, budgets = self._audio_plan(batch, batch_index=-1)
         budgets = torch.where(budgets > 0, torch.full_like(budgets, max(self.nonzero_budgets)), budgets)
         logits = self.model(batch.vl, budgets, audio_features=feats)
@@ -168,6 +170,7 @@ class StageATrainer:
         base_preds: list[tuple[str, str]] = []
         rows = []
         for batch in self.val_loader:
+            batch = batch.to(self.accelerator.device)
             if self._base_val is None:
                 base_preds.extend(zip([r.id for r in batch.records], self.model.generate_answers(
                     batch.vl, 0, max_new_tokens=self.max_new_tokens)))
