@@ -214,3 +214,32 @@ def test_bad_arguments_are_rejected(tmp_path):
         synth.generate_benchmark(tmp_path, {"train": 3}, image_size=8)
     with pytest.raises(ValueError, match="positive total"):
         synth.generate_benchmark(tmp_path, {"train": 0})
+
+
+# ----------------------------------------------------------------------------- base VL pretraining questions
+
+
+def _train_phrasing(question: str) -> str | None:
+    """The template whose train phrasings produce `question` (None if none does)."""
+    for template, (train, _heldout) in synth.TEMPLATES.items():
+        for pattern in train:
+            regex = re.escape(pattern).replace(r"\{shape\}", "(?P<shape>\\w+)").replace(r"\{color\}", "(?P<color>\\w+)")
+            if re.fullmatch(regex, question):
+                return template
+    return None
+
+
+def test_derived_questions_follow_from_the_scene(bench):
+    number = {w: i + 1 for i, w in enumerate(synth.NUMBER_WORDS)}
+    vl_records = [r for r in bench if r.family == "vl" and r.split == "train"]
+    assert vl_records
+    for r in vl_records:
+        objs = [tuple(s.split()) for s in r.extras["shapes"]]  # (color, shape)
+        pairs = synth.derived_vl_questions(r)
+        assert pairs and pairs == synth.derived_vl_questions(r)  # deterministic per record
+        for question, answer in pairs:
+            assert _train_phrasing(question) is not None, question
+            if answer in number:
+                assert number[answer] == len(objs)
+    assert synth.derived_vl_questions(next(r for r in bench if r.split == "test")) == []  # never about test images
+
