@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from safe.eval.criteria import Thresholds
+
 PROFILES = ("tiny", "demo", "smol", "llava")
 
 
@@ -246,13 +248,14 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class PromoteConfig:
-    """`promote`: thresholds of the success criteria gating the `champion` alias."""
+    """`promote`: thresholds of the success criteria gating the `champion` alias (defaults: the spec's, kept once
+    in `safe.eval.criteria.Thresholds`)."""
 
-    max_retention_drop: float = 0.005
-    min_audio_gain: float = 0.05
-    skip_rate_min: float = 0.40
-    skip_rate_max: float = 0.70
-    max_irrelevant_flip_rate: float = 0.01
+    max_retention_drop: float = Thresholds.max_retention_drop
+    min_audio_gain: float = Thresholds.min_audio_gain
+    skip_rate_min: float = Thresholds.skip_rate_min
+    skip_rate_max: float = Thresholds.skip_rate_max
+    max_irrelevant_flip_rate: float = Thresholds.max_irrelevant_flip_rate
     model_name: str = "safe-audio-vl"
 
     def __post_init__(self) -> None:
