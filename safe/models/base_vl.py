@@ -286,13 +286,13 @@ class PromptEncoder:
         enc = self.processor(text=texts, return_tensors="pt", padding=True, **kwargs)
         labels = None
         if answers is not None:
-            # Answer length per row = tokens(full) - tokens(prompt); left padding puts the answer at the end.
-            prompt_enc = self.processor(text=prompts, return_tensors="pt", padding=True, **kwargs)
-            full_len = enc["attention_mask"].sum(1)  # (B,)
-            prompt_len = prompt_enc["attention_mask"].sum(1)  # (B,)
+            # Answer length per row = tokens(full) - tokens(prompt), counted by the tokenizer alone: the processor's
+            # <image> expansion adds the same tokens to both, and the images need not be processed twice.
+            # Left padding puts the answer at the end.
+            count = lambda batch: [len(ids) for ids in self.tokenizer(list(batch))["input_ids"]]  # noqa: E731
             T = enc["input_ids"].shape[1]
             labels = torch.full_like(enc["input_ids"], -100)
-            for row, n_answer in enumerate((full_len - prompt_len).tolist()):
+            for row, n_answer in enumerate(f - p for f, p in zip(count(texts), count(prompts))):
                 labels[row, T - n_answer:] = enc["input_ids"][row, T - n_answer:]
         pixel_values = enc.get("pixel_values")
         if pixel_values is not None:
