@@ -1,4 +1,7 @@
-"""stage_b: tabulate Stage A's outcomes at every budget, then learn the budget policy as a contextual bandit."""
+"""stage_b: tabulate Stage A's outcomes at every budget, then learn the budget policy as a contextual bandit.
+
+The bandit fits on rows whose images the frozen base never trained on and picks its checkpoint on held-out
+validation rows (`safe.training.stage_b.bandit_tables` says why); those two tables are what stage_c distils from."""
 
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ from safe.inference import load_safe_model
 from safe.io import atomic_dir, write_json_atomic
 from safe.rl.policy import AudioPolicyNetwork, save_policy
 from safe.training.rollout import rollout
-from safe.training.stage_b import StageBTrainer, evaluate_policy, fixed_policy_rewards, reward_config_from
+from safe.training.stage_b import (
+    StageBTrainer, bandit_tables, evaluate_policy, fixed_policy_rewards, reward_config_from,
+)
 
 
 def main() -> None:
@@ -28,13 +33,13 @@ def main() -> None:
         for split in ("train", "val"):
             loader = DataLoader(ManifestDataset(manifest, split, features=store), batch_size=64, collate_fn=collate)
             tables[split] = rollout(model, loader, cfg.evaluate.max_new_tokens, desc=f"outcomes[{split}]").table()
-        policy = AudioPolicyNetwork(tables["train"].state_dim, cfg.model.token_budgets, hidden_dim=cfg.stage_b.hidden_dim)
-        policy.fit_normalizer(tables["train"].states)
-        history = StageBTrainer(policy, cfg.stage_b, logger=tracker).train(tables["train"], tables["val"])
+        fit, select = bandit_tables(tables["train"], tables["val"])  # rows the frozen models never trained on
+        policy = AudioPolicyNetwork(fit.state_dim, cfg.model.token_budgets, hidden_dim=cfg.stage_b.hidden_dim)
+        history = StageBTrainer(policy, cfg.stage_b, logger=tracker).train(fit, select)
         reward_cfg = reward_config_from(cfg.stage_b)
-        learned = evaluate_policy(policy, tables["val"], reward_cfg)
-        fixed = fixed_policy_rewards(tables["val"], reward_cfg)
-        metrics = {f"policy_{k}": v for k, v in learned.items()}
+        learned = evaluate_policy(policy, select, reward_cfg)  # held-out validation rows
+        fixed = fixed_policy_rewards(select, reward_cfg)
+        metrics = {"fit_rows": len(fit), "select_rows": len(select), **{f"policy_{k}": v for k, v in learned.items()}}
         for name, result in fixed.items():
             metrics.update({f"{name}_{k}": v for k, v in result.items()})
         metrics["beats_fixed_policies"] = float(learned["mean_reward"] > max(r["mean_reward"] for r in fixed.values()))
@@ -43,8 +48,9 @@ def main() -> None:
               f"skip_rate={learned['skip_rate']:.3f}")
         with atomic_dir(STAGE_B) as tmp:
             save_policy(policy, tmp / "policy")
-            for split, table in tables.items():
-                table.save(tmp / f"outcomes_{split}.npz")
+            # Stage C distils the gate on the rows the policy was fitted on and checks it on the held-out ones.
+            fit.save(tmp / "outcomes_train.npz")
+            select.save(tmp / "outcomes_val.npz")
         tracker.log_metrics(metrics)
         write_json_atomic(METRICS / "stage_b.json", metrics)
         write_json_atomic(PLOTS / "stage_b_rewards.json", history)

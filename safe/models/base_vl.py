@@ -379,10 +379,18 @@ class BaseVLModel(nn.Module):
         return next(self.llava.parameters()).dtype
 
     def question_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Mean input embedding of the text tokens (image placeholders excluded): (B, D). Cheap: no layers run."""
+        """Mean of the text tokens' unit-length input embeddings (B, D). Cheap: no layers run.
+
+        Every word counts the same, whatever its embedding's norm: words the base never trained on (the audio
+        words, for a base trained on VL questions only) keep small initial embeddings and would otherwise vanish
+        from the mean, making "count the beeps" look like "count the shapes". Image placeholders and unknown
+        words are left out: `<unk>` never occurs in the training questions, so it says nothing about a question
+        (on the demo, held-out VL paraphrases with one new word otherwise looked like audio questions)."""
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        emb = self.llava.get_input_embeddings()(input_ids)  # (B, T, D)
+        emb = torch.nn.functional.normalize(self.llava.get_input_embeddings()(input_ids).float(), dim=-1)  # (B, T, D)
         keep = attention_mask.bool() & (input_ids != self.llava.config.image_token_id)  # (B, T)
+        if self.tokenizer.unk_token_id is not None:
+            keep &= input_ids != self.tokenizer.unk_token_id
         keep_f = keep.unsqueeze(-1).to(emb.dtype)
         return (emb * keep_f).sum(1) / keep_f.sum(1).clamp(min=1.0)
 

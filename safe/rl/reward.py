@@ -100,6 +100,16 @@ class OutcomeTable:
         return OutcomeTable(pick(self.states), pick(self.scores), pick(self.changed), pick(self.needs_audio),
                             pick(self.has_audio), self.token_budgets, pick(self.ids))
 
+    @classmethod
+    def concat(cls, tables: Sequence["OutcomeTable"]) -> "OutcomeTable":
+        """The rows of several tables with the same budgets, in order (ids kept only when every table has them)."""
+        if not tables or len({t.token_budgets for t in tables}) != 1:
+            raise OutcomeTableError("concat needs at least one table, all with the same token budgets")
+        join = lambda name: np.concatenate([getattr(t, name) for t in tables])  # noqa: E731
+        ids = join("ids") if all(t.ids is not None for t in tables) else None
+        return cls(join("states"), join("scores"), join("changed"), join("needs_audio"), join("has_audio"),
+                   tables[0].token_budgets, ids)
+
     def save(self, path: str | Path) -> Path:
         """Write an .npz (uncompressed, no pickle) atomically: temp file in the same folder, then os.replace."""
         path = Path(path)

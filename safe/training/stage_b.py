@@ -21,8 +21,10 @@ history and weights.
 from __future__ import annotations
 
 import copy
+import zlib
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -36,6 +38,26 @@ REQUIRED_FIELDS = ("steps", "batch_size", "lr", "entropy_coef", "alpha", "gamma"
 
 class MetricsLogger(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+def bandit_tables(train: OutcomeTable, val: OutcomeTable, holdout_every: int = 3) -> tuple[OutcomeTable, OutcomeTable]:
+    """(fit, select): the rows the bandit learns from, and the held-out rows that pick its checkpoint and compare it
+    with the fixed policies.
+
+    Why not simply the training rows: the base VL was trained on every VL-only training image, so on those rows its
+    answer confidence (a state feature) is inflated exactly where audio is not needed, while the audio rows' images
+    are new to it. A bandit fitted there learns "unsure -> consult audio" and then sends VL-only validation and test
+    questions, where the base is less sure, to audio (measured on the demo: every count question with a distractor
+    clip, 1.5 points of VL accuracy lost). So `fit` holds only rows whose images the base never trained on: the
+    training rows that need audio and 2 in 3 validation rows; the other validation rows (by a hash of their id) are
+    `select`.
+    """
+    if val.ids is None:
+        raise ValueError("the validation table needs example ids (the held-out split is a hash of them)")
+    held = np.array([zlib.crc32(str(i).encode()) % holdout_every == 0 for i in val.ids])
+    if held.all() or not held.any():
+        raise ValueError(f"{len(val)} validation rows cannot be split 1 in {holdout_every} into fit and select rows")
+    return OutcomeTable.concat([train.subset(train.needs_audio), val.subset(~held)]), val.subset(held)
 
 
 def reward_config_from(config: Any) -> RewardConfig:

@@ -50,6 +50,31 @@ def test_question_embedding_excludes_image_tokens(tiny_base):
     assert torch.allclose(qa, qb, atol=1e-6)
 
 
+def test_question_embedding_weighs_every_word_the_same(tiny_base):
+    batch = tiny_base.encode(["how many shapes are there?"], [None])
+    before = tiny_base.question_embedding(batch.input_ids, batch.attention_mask)
+    weight = tiny_base.llava.get_input_embeddings().weight
+    row = tiny_base.tokenizer.convert_tokens_to_ids("shapes")
+    original = weight[row].clone()
+    with torch.no_grad():
+        weight[row] *= 10.0  # a word trained to a larger norm must not dominate the mean
+    try:
+        after = tiny_base.question_embedding(batch.input_ids, batch.attention_mask)
+    finally:
+        with torch.no_grad():
+            weight[row] = original
+    assert torch.allclose(before, after, atol=1e-6)
+
+
+def test_question_embedding_leaves_unknown_words_out(tiny_base):
+    known = tiny_base.encode(["how many shapes are there?"], [None])
+    with_new_word = tiny_base.encode(["how many shapes zzzz are there?"], [None])
+    assert (with_new_word.input_ids == tiny_base.tokenizer.unk_token_id).sum() == 1
+    qa = tiny_base.question_embedding(known.input_ids, known.attention_mask)
+    qb = tiny_base.question_embedding(with_new_word.input_ids, with_new_word.attention_mask)
+    assert torch.allclose(qa, qb, atol=1e-6)
+
+
 def test_checkpoint_folder_missing_files_is_named(tmp_path, tiny_base):
     with pytest.raises(CheckpointError, match="missing"):
         BaseVLModel.from_pretrained(tmp_path)

@@ -8,7 +8,9 @@ from conftest import make_bandit_table
 from safe.config import StageBConfig
 from safe.rl.policy import AudioPolicyNetwork
 from safe.rl.reward import OutcomeTable
-from safe.training.stage_b import StageBTrainer, evaluate_policy, fixed_policy_rewards, reward_config_from
+from safe.training.stage_b import (
+    StageBTrainer, bandit_tables, evaluate_policy, fixed_policy_rewards, reward_config_from,
+)
 
 LOGGED = {"reward", "score", "latency_cost", "irrelevance", "lagrange", "entropy", "policy_loss", "vl_drop"}
 
@@ -112,3 +114,28 @@ def test_mismatched_tables_and_configs_raise():
     with pytest.raises(ValueError, match="lacks field"):
         StageBTrainer(AudioPolicyNetwork(8), object())
     assert isinstance(other, OutcomeTable)
+
+
+def test_bandit_fits_only_rows_the_frozen_models_never_trained_on():
+    train, val = make_bandit_table(200, seed=1), make_bandit_table(300, seed=2)
+    val = OutcomeTable(val.states, val.scores, val.changed, val.needs_audio, val.has_audio, val.token_budgets,
+                       ids=np.array([f"val{i}" for i in range(len(val))]))
+    fit, select = bandit_tables(train, val)
+    fit_ids, select_ids = set(fit.ids.tolist()), set(select.ids.tolist())
+    train_needs = {i for i, needs in zip(train.ids.tolist(), train.needs_audio) if needs}
+    assert fit_ids & set(train.ids.tolist()) == train_needs  # no VL-only training row: the base trained on those
+    assert not fit_ids & select_ids and (fit_ids - train_needs) | select_ids == set(val.ids.tolist())
+    assert 0.2 < len(select) / len(val) < 0.45  # about 1 in 3 validation rows held out
+    again_fit, again_select = bandit_tables(train, val)
+    assert np.array_equal(again_select.ids, select.ids) and np.array_equal(again_fit.states, fit.states)
+    with pytest.raises(ValueError, match="ids"):
+        bandit_tables(train, OutcomeTable(val.states, val.scores, val.changed, val.needs_audio, val.has_audio))
+
+
+def test_concat_keeps_rows_in_order_and_rejects_other_budgets():
+    a, b = make_bandit_table(10, seed=3), make_bandit_table(7, seed=4)
+    both = OutcomeTable.concat([a, b])
+    assert len(both) == 17 and np.array_equal(both.scores[10:], b.scores) and np.array_equal(both.ids[:10], a.ids)
+    other = OutcomeTable(b.states, b.scores[:, :3], b.changed[:, :3], b.needs_audio, b.has_audio, (0, 4, 8))
+    with pytest.raises(ValueError, match="same token budgets"):
+        OutcomeTable.concat([a, other])
