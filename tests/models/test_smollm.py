@@ -24,7 +24,8 @@ from safe.models.base_vl import (
     build_trainable_vl,
     prompt_format_for,
 )
-from safe.models.smollm import CONVERSION_FILE, SMOLLM2_NAME, WHEEL_DIST, convert_gguf_lm, ensure_smollm2, wheel_gguf_path
+from safe.models.offline_wheels import CONVERSION_FILE
+from safe.models.smollm import SMOLLM2_NAME, WHEEL_DIST, convert_gguf_lm, ensure_smollm2, wheel_gguf_path
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TEXTS = ["what color is the circle?", "how many shapes are there?", "is there a red square?",

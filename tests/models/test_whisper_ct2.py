@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from safe.models.audio_encoders import WhisperAudioEncoder, build_audio_encoder
+from safe.models.offline_wheels import CONVERSION_FILE
 from safe.models.whisper_ct2 import (
-    CONVERSION_FILE,
     TINY_EN_NAME,
     CT2FormatError,
     ct2_encoder_state_dict,
