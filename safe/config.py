@@ -187,6 +187,9 @@ class StageAConfig:
     """Weight of KL(base || SAFE) on VL-only examples."""
     fisher_weight: float = 10.0
     """Weight of the diagonal-Fisher (EWC) penalty anchored at the starting parameters."""
+    gate_weight: float = 1.0
+    """Weight of the gate loss: each fusion block's gate (read from the question) learns to open for questions that
+    need audio and close for VL-only ones carrying a clip. 0 leaves the gate to the task and KL losses alone."""
     fisher_batches: int = 4
     retention_tolerance: float = 0.005
     """Maximum allowed VL-only accuracy drop vs the base model on validation (0.005 = 0.5 points), measured with
@@ -203,6 +206,7 @@ class StageAConfig:
         _check(self.steps >= 1 and self.batch_size >= 2, "stage_a.steps >= 1 and stage_a.batch_size >= 2")
         _check(self.retention_tolerance >= 0, "stage_a.retention_tolerance must be >= 0")
         _check(self.kl_weight_growth >= 1.0, "stage_a.kl_weight_growth must be >= 1")
+        _check(self.gate_weight >= 0, f"stage_a.gate_weight must be >= 0, got {self.gate_weight}")
 
 
 @dataclass(frozen=True)

@@ -378,6 +378,17 @@ class BaseVLModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.llava.parameters()).dtype
 
+    def text_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: real text tokens (not padding, not image placeholders)."""
+        return attention_mask.bool() & (input_ids != self.llava.config.image_token_id)
+
+    def prompt_text_mask(self, batch: VLBatch) -> torch.Tensor:
+        """(B, T) bool on the model's device: the prompt's text tokens, without padding, image placeholders and
+        the labelled answer tokens a training batch appends."""
+        batch = batch.to(self.device)
+        mask = self.text_positions(batch.input_ids, batch.attention_mask)
+        return mask if batch.labels is None else mask & (batch.labels == -100)
+
     def question_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Mean of the text tokens' unit-length input embeddings (B, D). Cheap: no layers run.
 
@@ -388,7 +399,7 @@ class BaseVLModel(nn.Module):
         (on the demo, held-out VL paraphrases with one new word otherwise looked like audio questions)."""
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         emb = torch.nn.functional.normalize(self.llava.get_input_embeddings()(input_ids).float(), dim=-1)  # (B, T, D)
-        keep = attention_mask.bool() & (input_ids != self.llava.config.image_token_id)  # (B, T)
+        keep = self.text_positions(input_ids, attention_mask)  # (B, T)
         if self.tokenizer.unk_token_id is not None:
             keep &= input_ids != self.tokenizer.unk_token_id
         keep_f = keep.unsqueeze(-1).to(emb.dtype)

@@ -9,11 +9,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from safe.models.standardizer import Standardizer
+
 
 class AudioProjector(nn.Module):
     """(B, D_audio) pooled or (B, T, D_audio) sequence -> (B, k, D_llm) audio tokens.
 
-    A sequence input is mean-pooled over its valid frames first (pass `mask` for padded batches).
+    A sequence input is mean-pooled over its valid frames first (pass `mask` for padded batches). The pooled vector
+    is standardised with a per-feature mean/std fitted on the training clips (`fit_feature_stats`, buffers saved with
+    the weights). Why: pooled encoder outputs share a large common component (on the demo's Whisper features, 82% of
+    each vector's energy is the mean over clips; after a LayerNorm two clips still have cosine 0.82), which leaves
+    the projector only small differences to learn from. Standardised, demo Stage A reached 0.54 audio accuracy after
+    600 unconstrained steps (learning rate 1e-3) where raw features gave 0.35.
     """
 
     def __init__(self, audio_embed_dim: int, llm_hidden_size: int, num_audio_tokens: int, hidden_dim: int | None = None):
@@ -24,6 +31,7 @@ class AudioProjector(nn.Module):
         self.llm_hidden_size = llm_hidden_size
         self.num_audio_tokens = num_audio_tokens
         hidden_dim = hidden_dim or max(llm_hidden_size, 256)
+        self.feature_stats = Standardizer(audio_embed_dim)
         self.norm = nn.LayerNorm(audio_embed_dim)
         self.mlp = nn.Sequential(
             nn.Linear(audio_embed_dim, hidden_dim),
@@ -32,6 +40,14 @@ class AudioProjector(nn.Module):
         )
         # Tokens come out at the LLM's hidden-state scale: an RMSNorm-style rescale per token keeps them there.
         self.token_scale = nn.Parameter(torch.ones(llm_hidden_size))
+
+    def fit_feature_stats(self, features: torch.Tensor) -> None:
+        """Fit the input standardisation on training clips' pooled features (N, D_audio)."""
+        self.feature_stats.fit(features)
+
+    @property
+    def feature_stats_fitted(self) -> bool:
+        return bool(self.feature_stats.fitted)
 
     def forward(
         self, audio_features: torch.Tensor, num_tokens: int | None = None, mask: torch.Tensor | None = None,
@@ -52,6 +68,7 @@ class AudioProjector(nn.Module):
                 f"audio embedding dim mismatch: projector expects {self.audio_embed_dim}, got {audio_features.shape[-1]}"
             )
         B = audio_features.shape[0]
-        tokens = self.mlp(self.norm(audio_features)).view(B, self.num_audio_tokens, self.llm_hidden_size)  # (B, K, D)
+        x = self.norm(self.feature_stats(audio_features))  # (B, D_audio)
+        tokens = self.mlp(x).view(B, self.num_audio_tokens, self.llm_hidden_size)  # (B, K, D)
         tokens = tokens * torch.rsqrt(tokens.pow(2).mean(-1, keepdim=True) + 1e-6) * self.token_scale
         return tokens[:, :k]  # (B, k, D_llm)

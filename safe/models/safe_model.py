@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -61,6 +61,20 @@ class _FusionContext:
     tokens: torch.Tensor  # (B, K, D)
     mask: torch.Tensor  # (B, K) bool
     gate: float | torch.Tensor | None
+    text_mask: torch.Tensor  # (B, T_prompt) bool: the prompt's text tokens (no padding, image or answer tokens)
+    questions: dict[str, torch.Tensor] = field(default_factory=dict)  # block -> (B, D) summary of the prompt
+    gates: dict[str, torch.Tensor] = field(default_factory=dict)  # block -> (B,) learned gate of the last pass
+
+    def question(self, key: str, block: CrossAttentionBlock, hidden: torch.Tensor) -> torch.Tensor:
+        """The block's question summary (B, D): computed from the pass that holds the whole prompt (a training
+        forward, or generation's first step), then reused by generation's later steps, which see only new tokens."""
+        T, T_prompt = hidden.shape[1], self.text_mask.shape[1]
+        if T >= T_prompt:  # the prompt, maybe followed by answer tokens (never part of the summary)
+            mask = nn.functional.pad(self.text_mask, (0, T - T_prompt), value=False)
+            self.questions[key] = block.question_summary(hidden, mask)
+        elif key not in self.questions:
+            raise RuntimeError(f"{key}: a {T}-token step came before the {T_prompt}-token prompt")
+        return self.questions[key]
 
 
 class SAFEModel(nn.Module):
@@ -98,9 +112,12 @@ class SAFEModel(nn.Module):
             ctx = self._context
             if ctx is None:
                 return output
-            hidden = output[0] if isinstance(output, tuple) else output  # (B, T, D)
-            block = self.fusion[key]
-            fused = block(hidden.float(), ctx.tokens.float(), ctx.mask, ctx.gate).to(hidden.dtype)
+            raw = output[0] if isinstance(output, tuple) else output  # (B, T, D)
+            block, hidden = self.fusion[key], raw.float()
+            gate = ctx.gate
+            if gate is None:  # the learned gate, read from the question (kept for Stage A's gate loss)
+                gate = ctx.gates[key] = block.example_gate(ctx.question(key, block, hidden)).view(-1)  # (B,)
+            fused = block(hidden, ctx.tokens.float(), ctx.mask, gate).to(raw.dtype)
             return (fused, *output[1:]) if isinstance(output, tuple) else fused
 
         return hook
@@ -132,8 +149,8 @@ class SAFEModel(nn.Module):
         return self.audio_encoder.encode(list(waveforms)).pooled.to(self.base.device)
 
     def _context_for(
-        self, budgets: torch.Tensor, audio_features: torch.Tensor | None, waveforms: Sequence[np.ndarray | None] | None,
-        gate: float | torch.Tensor | None,
+        self, batch: VLBatch, budgets: torch.Tensor, audio_features: torch.Tensor | None,
+        waveforms: Sequence[np.ndarray | None] | None, gate: float | torch.Tensor | None,
     ) -> _FusionContext | None:
         active = budgets > 0  # (B,)
         if not bool(active.any()):
@@ -152,7 +169,7 @@ class SAFEModel(nn.Module):
         tokens_active = self.projector(feats.to(self.projector.token_scale.dtype))  # (N_active, K, D)
         tokens = tokens_active.new_zeros(B, K, tokens_active.shape[-1]).index_copy(0, idx, tokens_active)  # (B, K, D)
         mask = torch.arange(K, device=budgets.device).unsqueeze(0) < budgets.unsqueeze(1)  # (B, K)
-        return _FusionContext(tokens, mask, gate)
+        return _FusionContext(tokens, mask, gate, self.base.prompt_text_mask(batch))
 
     # -- forward / generate ------------------------------------------------------------------------------------------
     def forward(
@@ -162,11 +179,19 @@ class SAFEModel(nn.Module):
         audio_features: torch.Tensor | None = None,
         waveforms: Sequence[np.ndarray | None] | None = None,
         gate: float | torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits (B, T, V). `audio_features` (B, D_audio) are cached pooled encoder outputs; else `waveforms`."""
+        return_gates: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V). `audio_features` (B, D_audio) are cached pooled encoder outputs; else `waveforms`.
+        With `return_gates`, also the learned gates (B, n_fusion_blocks) (None when no row has audio or the gate
+        is forced)."""
         b = self.check_budgets(budgets, batch.input_ids.shape[0])
-        with self._fused(self._context_for(b, audio_features, waveforms, gate)):
-            return self.base(batch)
+        ctx = self._context_for(batch, b, audio_features, waveforms, gate)
+        with self._fused(ctx):
+            logits = self.base(batch)
+        if not return_gates:
+            return logits
+        gates = torch.stack(list(ctx.gates.values()), dim=1) if ctx is not None and ctx.gates else None
+        return logits, gates
 
     @torch.no_grad()
     def generate_answers(
@@ -174,7 +199,7 @@ class SAFEModel(nn.Module):
         return_first_logits: bool = False,
     ):
         b = self.check_budgets(budgets, batch.input_ids.shape[0])
-        with self._fused(self._context_for(b, audio_features, waveforms, gate)):
+        with self._fused(self._context_for(batch, b, audio_features, waveforms, gate)):
             return self.base.generate_answers(batch, max_new_tokens, return_first_logits)
 
     # -- parameters ------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ see `safe.rl.state_features`) and scores each audio-token budget. Budget 0 means
 base VL model alone". `get_actions` returns BUDGET VALUES (e.g. 0, 4, 8, 12), `get_action_indices` returns
 column indices into `token_budgets`; the bandit and the outcome tables work with indices.
 
-Inputs are standardised by a `StateNormalizer` whose mean/std are buffers: they are fitted once on training states
+Inputs are standardised by a `Standardizer` whose mean/std are buffers: they are fitted once on training states
 (`fit_normalizer`) and travel with the saved weights, so inference sees exactly the scaling training saw.
 """
 
@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from safe.io import atomic_write
+from safe.models.standardizer import Standardizer
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -76,30 +77,6 @@ def masked_entropy(log_probs: torch.Tensor) -> torch.Tensor:
     return -(probs * log_probs.masked_fill(probs == 0, 0.0)).sum(dim=-1)  # (B,)
 
 
-class StateNormalizer(nn.Module):
-    """Standardise states with a fixed mean/std (buffers, so they are saved with the weights)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
-        self.register_buffer("fitted", torch.tensor(False))
-
-    @torch.no_grad()
-    def fit(self, states: torch.Tensor) -> None:
-        """Set mean/std from training states (B, S). Constant features get std 1 so they pass through centred."""
-        if states.shape[0] < 2:
-            raise ValueError(f"fit_normalizer needs at least 2 rows, got {states.shape[0]}")
-        std = states.std(dim=0, unbiased=False)
-        self.mean.copy_(states.mean(dim=0))
-        self.std.copy_(torch.where(std < self.eps, torch.ones_like(std), std))
-        self.fitted.fill_(True)
-
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        return (states - self.mean) / self.std  # (B, S)
-
-
 class BudgetClassifier(nn.Module):
     """Shared base of the policy and the deployment gate: normaliser + network scoring each budget.
 
@@ -117,7 +94,7 @@ class BudgetClassifier(nn.Module):
             raise ValueError(f"state_feature_dim must be >= 1, got {state_feature_dim}")
         self.state_feature_dim = int(state_feature_dim)
         self.token_budgets = check_token_budgets(token_budgets)
-        self.normalizer = StateNormalizer(self.state_feature_dim)
+        self.normalizer = Standardizer(self.state_feature_dim)
         self.register_buffer("budgets", torch.tensor(self.token_budgets, dtype=torch.long), persistent=False)
 
     @property

@@ -1,4 +1,5 @@
-"""Stage A losses: new-task cross-entropy, retention KL(base || SAFE), and a diagonal-Fisher (EWC) penalty."""
+"""Stage A losses: new-task cross-entropy, retention KL(base || SAFE), the gate loss and a diagonal-Fisher (EWC)
+penalty."""
 
 from __future__ import annotations
 
@@ -46,6 +47,21 @@ def retention_kl(
     t = torch.log_softmax(teacher_logits[:, :-1][positions].float(), dim=-1)  # (N, V)
     per_position = (t.exp() * (t - s)).sum(-1)  # (N,)
     return per_position.mean() if normalizer is None else per_position.sum() / normalizer
+
+
+def gate_loss(gates: torch.Tensor, needs_audio: torch.Tensor, rows: torch.Tensor,
+              normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy between each fusion block's learned gate and whether the question needs audio, over
+    `rows` (the rows that carry a clip): open for audio-dependent questions, closed for VL-only ones.
+
+    gates (B, L) in [0, 1], one per fusion block; needs_audio, rows (B,) bool. Mean over rows and blocks (or the
+    sum over rows / `normalizer`, as in `answer_loss`); 0 (with grad) when no row is selected."""
+    if not bool(rows.any()):
+        return gates.sum() * 0.0
+    g = gates[rows].float().clamp(1e-6, 1.0 - 1e-6)  # (N, L)
+    target = needs_audio[rows].to(g.dtype).unsqueeze(1).expand_as(g)  # (N, L)
+    per_row = nn.functional.binary_cross_entropy(g, target, reduction="none").mean(1)  # (N,)
+    return per_row.mean() if normalizer is None else per_row.sum() / normalizer
 
 
 class FisherPenalty:

@@ -1,7 +1,9 @@
 """Stage A: supervised warm-start of the audio projector and fusion adapters, with retention guaranteed.
 
-Loss = CE(answer | audio-dependent rows) + kl_weight * KL(base || SAFE | VL-only rows) + fisher_weight * EWC.
-VL-only rows get a distractor clip most of the time, so the adapter learns to leave their answers alone.
+Loss = CE(answer | audio-dependent rows) + kl_weight * KL(base || SAFE | VL-only rows)
+       + gate_weight * BCE(fusion gates, needs_audio | rows with a clip) + fisher_weight * EWC.
+VL-only rows get a distractor clip most of the time, so the adapter learns to leave their answers alone: the gate
+(read from the question) learns to close for them, and the KL keeps what still passes from changing the answer.
 Every `eval_every` steps the VL-only validation accuracy is compared with the frozen base (the retention check).
 When the drop exceeds `retention_tolerance` the trainer raises the KL weight and rolls back to the best checkpoint;
 the checkpoint it returns as final always satisfies the tolerance (step 0, which IS the base model, always does).
@@ -28,7 +30,7 @@ from safe.data.datasets import Batch
 from safe.distributed import all_gather_objects, all_reduce_sum, make_accelerator
 from safe.eval.metrics import score
 from safe.models.safe_model import SAFEModel
-from safe.training.losses import FisherPenalty, answer_loss, answer_positions, retention_kl
+from safe.training.losses import FisherPenalty, answer_loss, answer_positions, gate_loss, retention_kl
 
 CHECKPOINT_FILE = "stage_a_last.pt"
 
@@ -54,7 +56,8 @@ class StageATrainer:
     `accelerator` (safe.distributed.make_accelerator) carries DDP, mixed precision and gradient accumulation; under
     several processes pass each process its share: `ShardedBatchSampler` for training and a sharded validation set.
     `distractor_pool` (N, D): audio features VL-only rows may get as distractors; default: every cached feature of
-    the training dataset.
+    the training dataset. The projector's input standardisation is fitted on the training dataset's cached features
+    (else on the distractor pool) unless it already is.
     """
 
     def __init__(
@@ -75,7 +78,11 @@ class StageATrainer:
         self.accelerator = accelerator or make_accelerator()
         self.world = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
-        self.distractor_pool = distractor_pool if distractor_pool is not None else _feature_pool(train_dataloader)
+        train_features = _feature_pool(train_dataloader)  # (N, D_audio), empty without a feature store
+        self.distractor_pool = distractor_pool if distractor_pool is not None else train_features
+        stats_source = train_features if len(train_features) >= 2 else self.distractor_pool
+        if not safe_model.projector.feature_stats_fitted and len(stats_source) >= 2:
+            safe_model.projector.fit_feature_stats(stats_source)  # before DDP copies the buffers
         for p in safe_model.parameters():
             p.requires_grad_(False)
         for module in safe_model.trainable_modules().values():
@@ -123,7 +130,8 @@ class StageATrainer:
     def _loss(self, batch: Batch, batch_index: int) -> dict[str, torch.Tensor]:
         batch = batch.to(self.accelerator.device)
         feats, budgets = self._audio_plan(batch, batch_index)
-        logits = self.train_model(batch.vl, budgets, audio_features=feats)  # (B, T, V)
+        # logits (B, T, V); gates (B, L): the learned gate of each fusion block
+        logits, gates = self.train_model(batch.vl, budgets, audio_features=feats, return_gates=True)
         with torch.no_grad():
             teacher = self.model(batch.vl, 0)  # budget 0 == the frozen base, exactly
         needs = batch.needs_audio.to(logits.device)
@@ -132,7 +140,11 @@ class StageATrainer:
         # Sums over this share / global counts, times the process count because DDP averages the gradients.
         task = answer_loss(logits, task_labels, self._global_count(answer_positions(task_labels))) * self.world
         kl = retention_kl(logits, teacher, vl_positions, self._global_count(vl_positions)) * self.world
-        return {"loss": task + self.state.kl_weight * kl, "task_loss": task, "kl": kl}
+        fused = (budgets > 0).to(logits.device)  # rows that carry a clip
+        gate = torch.zeros((), device=logits.device) if gates is None else (
+            gate_loss(gates, needs, fused, self._global_count(fused)) * self.world)
+        loss = task + self.state.kl_weight * kl + self.config.gate_weight * gate
+        return {"loss": loss, "task_loss": task, "kl": kl, "gate_loss": gate}
 
     def _add_fisher_gradient(self) -> torch.Tensor:
         """Add d(fisher_weight * EWC)/d(params) to the already all-reduced gradients; returns the penalty.

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from safe.models.safe_model import SAFEArchitecture, SAFEModel
 
@@ -96,3 +97,54 @@ def test_generation_uses_audio_only_where_budgeted(model, tiny_batch):
     base = model.generate_answers(tiny_batch, 0)
     mixed = model.generate_answers(tiny_batch, [0, 12, 12], audio_features=feats)
     assert mixed[0] == base[0]
+
+
+def perturb_gates(model):
+    with torch.no_grad():
+        for block in model.fusion.values():
+            block.gate_proj.weight.normal_(std=1.0)
+
+
+def test_gates_read_the_prompt_only(model, tiny_base, tiny_batch):
+    """The learned gate is one value per example and fusion block, read from the prompt's text tokens: appending
+    the labelled answer (training) or padding the example into a batch does not change it."""
+    perturb(model)
+    perturb_gates(model)
+    feats = torch.randn(3, 16)
+    _, gates = model(tiny_batch, 12, audio_features=feats, return_gates=True)  # answers appended
+    assert gates.shape == (3, len(model.fusion)) and bool(((gates > 0) & (gates < 1)).all())
+    assert not torch.allclose(gates[0], gates[2])  # different questions, different gates
+    images = [Image.new("RGB", (32, 32), (255, 0, 0)), None, Image.new("RGB", (32, 32), (0, 0, 255))]
+    questions = ["what color is the circle?", "how many beeps do you hear?", "how many shapes are there?"]
+    prompts = tiny_base.encode(questions, images)  # no answers
+    _, prompt_gates = model(prompts, 12, audio_features=feats, return_gates=True)
+    torch.testing.assert_close(prompt_gates, gates)
+    alone = tiny_base.encode(questions[:1], images[:1])  # no left padding
+    _, alone_gates = model(alone, 12, audio_features=feats[:1], return_gates=True)
+    torch.testing.assert_close(alone_gates, gates[:1])
+    assert model(tiny_batch, 0, return_gates=True)[1] is None  # no audio anywhere: no gate ran
+    assert model(tiny_batch, 12, audio_features=feats, gate=1.0, return_gates=True)[1] is None  # forced gate
+
+
+def test_generation_reuses_the_prompt_gate(model, tiny_base):
+    """Generation's later steps see one new token each; the gate they use is the prompt's (first step's) gate, so
+    greedy answers equal those from full forwards over prompt + answer-so-far."""
+    perturb(model)
+    perturb_gates(model)
+    feats = torch.randn(1, 16)
+    prompt = tiny_base.encode(["how many shapes are there?"], [Image.new("RGB", (32, 32), (0, 0, 255))])
+    generated = model.generate_answers(prompt, 12, audio_features=feats, max_new_tokens=3)[0]
+    tokens = prompt.input_ids
+    gates0 = model(prompt, 12, audio_features=feats, return_gates=True)[1]
+    for _ in range(3):  # greedy decoding by full forwards, the answer-so-far labelled (outside the gate's input)
+        labels = torch.full_like(tokens, -100)
+        labels[:, prompt.input_ids.shape[1]:] = tokens[:, prompt.input_ids.shape[1]:]
+        batch = type(prompt)(tokens, torch.ones_like(tokens), prompt.pixel_values, labels)
+        logits, gates = model(batch, 12, audio_features=feats, return_gates=True)
+        torch.testing.assert_close(gates, gates0)
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        if int(nxt) == tiny_base.tokenizer.eos_token_id:
+            break
+        tokens = torch.cat([tokens, nxt], dim=1)
+    expected = tiny_base.tokenizer.decode(tokens[0, prompt.input_ids.shape[1]:], skip_special_tokens=True).strip()
+    assert generated == expected

@@ -43,3 +43,19 @@ def test_fisher_penalty_zero_at_anchor_and_grows_with_distance():
         values.append(penalty().item())
     assert 0 < values[0] < values[1] < values[2]
     assert abs(values[1] / values[0] - 4.0) < 1e-3  # quadratic in the distance
+
+
+def test_gate_loss_is_binary_cross_entropy_over_the_selected_rows():
+    from safe.training.losses import gate_loss
+
+    gates = torch.tensor([[0.9, 0.8], [0.2, 0.1], [0.5, 0.5]], requires_grad=True)  # (B, L)
+    needs = torch.tensor([True, False, True])
+    rows = torch.tensor([True, True, False])  # the third row carries no clip: not counted
+    expected = -(torch.log(torch.tensor([0.9, 0.8])).mean() + torch.log(torch.tensor([0.8, 0.9])).mean()) / 2
+    torch.testing.assert_close(gate_loss(gates, needs, rows), expected)
+    torch.testing.assert_close(gate_loss(gates, needs, rows, normalizer=4.0), expected * 2 / 4)
+    wrong = gate_loss(1 - gates.detach(), needs, rows)
+    assert wrong > gate_loss(gates, needs, rows)  # gates open on VL-only rows cost more
+    none = gate_loss(gates, needs, torch.zeros(3, dtype=torch.bool))
+    none.backward()
+    assert none.item() == 0.0 and gates.grad is not None

@@ -68,3 +68,32 @@ def test_resume_continues_the_same_run(tiny_base, bench, tmp_path):
             if key in a:
                 assert a[key] == pytest.approx(b[key], abs=1e-6)
     assert set(last) == set(expected)
+
+
+def test_projector_standardisation_is_fitted_on_the_training_features(tiny_base, bench):
+    manifest, store = bench
+    trainer = make_trainer(tiny_base, bench, steps=1)
+    train_ids = [r.id for r in manifest.by_split("train") if r.audio and store.has(r.id)]
+    feats = torch.stack([store.get(i)[0] for i in train_ids])
+    stats = trainer.model.projector.feature_stats
+    assert bool(stats.fitted)
+    torch.testing.assert_close(stats.mean, feats.mean(0))
+
+
+def test_gate_loss_opens_the_gate_for_audio_questions_only(trained_base, bench):
+    """With the gate loss on, the learned gates separate: higher for questions that need audio than for VL-only
+    questions carrying a clip (read after the last step, before the trainer restores its best checkpoint)."""
+    seen = {}
+
+    def read_gates(trainer, step):
+        if step == trainer.config.steps:
+            batch = next(iter(trainer.val_loader))
+            with torch.no_grad():
+                _, gates = trainer.model(batch.vl, 12, audio_features=batch.audio_features, return_gates=True)
+            seen.update(gates=gates, needs=batch.needs_audio)
+
+    make_trainer(trained_base, bench, steps=20, callbacks=[read_gates], gate_weight=5.0, kl_weight=0.0,
+                 learning_rate_adapter=3e-2).train()
+    gates, needs = seen["gates"], seen["needs"]
+    assert needs.any() and (~needs).any()
+    assert float(gates[needs].mean()) > float(gates[~needs].mean()) + 0.05  # without the gate loss: -0.015
