@@ -19,7 +19,7 @@ from safe.io import atomic_dir, write_json_atomic
 from safe.rl.policy import AudioPolicyNetwork, save_policy
 from safe.training.rollout import rollout
 from safe.training.stage_b import (
-    StageBTrainer, bandit_tables, evaluate_policy, fixed_policy_rewards, reward_config_from,
+    StageBTrainer, bandit_tables, evaluate_policy, fixed_policy_rewards, mix_weights, reward_config_from,
 )
 
 
@@ -35,7 +35,8 @@ def main() -> None:
             tables[split] = rollout(model, loader, cfg.evaluate.max_new_tokens, desc=f"outcomes[{split}]").table()
         fit, select = bandit_tables(tables["train"], tables["val"])  # rows the frozen models never trained on
         policy = AudioPolicyNetwork(fit.state_dim, cfg.model.token_budgets, hidden_dim=cfg.stage_b.hidden_dim)
-        history = StageBTrainer(policy, cfg.stage_b, logger=tracker).train(fit, select)
+        # Sampled in the deployment mix of question kinds (the held-out rows'), not the fit table's audio-heavy one.
+        history = StageBTrainer(policy, cfg.stage_b, logger=tracker).train(fit, select, mix_weights(fit, select))
         reward_cfg = reward_config_from(cfg.stage_b)
         learned = evaluate_policy(policy, select, reward_cfg)  # held-out validation rows
         fixed = fixed_policy_rewards(select, reward_cfg)

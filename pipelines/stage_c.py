@@ -9,7 +9,7 @@ from safe.inference import assemble_bundle
 from safe.io import write_json_atomic
 from safe.rl.policy import load_policy
 from safe.rl.reward import OutcomeTable, evaluate_actions
-from safe.training.stage_b import reward_config_from
+from safe.training.stage_b import mix_weights, reward_config_from
 from safe.training.stage_c import distill_gate, gate_actions_on, save_gate
 
 
@@ -19,7 +19,8 @@ def main() -> None:
         policy = load_policy(STAGE_B / "policy")
         train = OutcomeTable.load(STAGE_B / "outcomes_train.npz")
         val = OutcomeTable.load(STAGE_B / "outcomes_val.npz")
-        gate, report = distill_gate(policy, train.states, cfg.stage_c, action_mask=train.action_mask(), logger=tracker)
+        gate, report = distill_gate(policy, train.states, cfg.stage_c, action_mask=train.action_mask(), logger=tracker,
+                                    row_weights=mix_weights(train, val))  # the mix Stage B trained in
         deployed = evaluate_actions(val, gate_actions_on(gate, val.states, val.action_mask()), reward_config_from(cfg.stage_b))
         metrics = {**report, **{f"val_{k}": v for k, v in deployed.items()}}
         print(f"stage_c: gate/policy agreement train={report['agreement_train']:.3f} "

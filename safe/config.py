@@ -316,7 +316,8 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
             "fusion_layers": [-3, -2, -1], "lora_rank": 32,
         },
         "base_vl": {"epochs": 10, "batch_size": 64, "lr": 1e-3},
-        "stage_a": {"steps": 1000, "eval_every": 50},
+        # 2000 steps: validation audio accuracy was still climbing at 1000 (0.38 -> 0.61 at 1800, measured).
+        "stage_a": {"steps": 2000, "eval_every": 100},
         "stage_b": {"steps": 800},
     },
     # SmolLM2-135M (30 layers) dominates every forward pass: sizes keep the whole DAG under an hour on 2 CPU cores.

@@ -3,13 +3,12 @@
 Every projection is low-rank (d -> r -> d), as in LoRA; the output projection's up-matrix starts at zero
 (peft's `lora_B` convention), so a fresh block returns its input unchanged and SAFE starts as the base model.
 The gate in [0, 1] is one value per example, sigmoid(learned bias + w . q), read from q = the mean of the
-normalised hidden states over the prompt's text tokens (the question summary): the question can close it, so VL-only
-questions learn to leave audio out. Why the whole prompt and not each token's own hidden state: a base that never
-trained on audio questions mixes their words poorly into later positions; on the demo a linear probe on the answer
-position's hidden state told audio from VL-only questions at 82-87% (test), one on the prompt's mean embedding at 92%,
-and the per-token gate left 8% of VL-only answers changed when a clip was fused. w starts at zero, so a fresh gate is
-the constant sigmoid(bias). A forced gate (scalar or per example) replaces it; a forced 0 returns the input exactly
-without computing anything.
+normalised hidden states over the prompt's text tokens (the question summary), so the question can close it for
+VL-only questions (Stage A's gate loss trains it to). Why the whole prompt and not each token's own hidden state:
+a base that never trained on audio questions mixes their words poorly into later positions. On the demo a linear
+probe on the answer position's hidden state told audio from VL-only test questions at 82-87%, one on the prompt's
+mean embedding at 92%. w starts at zero, so a fresh gate is the constant sigmoid(bias). A forced gate (scalar or per
+example) replaces it; a forced 0 returns the input exactly without computing anything.
 """
 
 from __future__ import annotations
@@ -61,7 +60,7 @@ class CrossAttentionBlock(nn.Module):
 
     @property
     def gate(self) -> torch.Tensor:
-        """The gate's bias value in [0, 1] (a 0-dim tensor): the gate of a token whose hidden state says nothing."""
+        """The gate's bias value in [0, 1] (a 0-dim tensor): the gate of an example whose question says nothing."""
         return torch.sigmoid(self.gate_logit)
 
     def question_summary(self, hidden_states: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:

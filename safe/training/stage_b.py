@@ -60,6 +60,26 @@ def bandit_tables(train: OutcomeTable, val: OutcomeTable, holdout_every: int = 3
     return OutcomeTable.concat([train.subset(train.needs_audio), val.subset(~held)]), val.subset(held)
 
 
+def mix_weights(table: OutcomeTable, reference: OutcomeTable) -> np.ndarray:
+    """Sampling weight per row of `table` (N,) so that its mix of (needs_audio, has_audio) groups matches
+    `reference`'s (the deployment mix, e.g. the held-out validation rows); weights average 1 over the table.
+
+    Why: `bandit_tables` takes only the training rows that need audio, so VL-only questions carrying a clip (the
+    rows where a wrong "consult audio" costs an answer) are about 6% of the fit rows against 25% of validation and
+    test; sampled uniformly, the bandit barely sees them and learns that questions like "how many shapes ..." go to
+    audio, like "how many beeps ...". A group missing from `reference` gets weight 0."""
+    def groups(t: OutcomeTable) -> np.ndarray:
+        return t.needs_audio.astype(np.int64) * 2 + t.has_audio.astype(np.int64)  # (N,) in 0..3
+
+    g, ref = groups(table), groups(reference)
+    fit_share = np.bincount(g, minlength=4) / len(g)
+    ref_share = np.bincount(ref, minlength=4) / len(ref)
+    weights = (ref_share / np.where(fit_share > 0, fit_share, 1.0))[g]  # (N,)
+    if not weights.any():
+        raise ValueError("no row of the table belongs to a (needs_audio, has_audio) group the reference has")
+    return weights / weights.mean()
+
+
 def reward_config_from(config: Any) -> RewardConfig:
     """The RewardConfig of a Stage B config (alpha, gamma; optional latency_cost; default budget / max budget)."""
     return RewardConfig(alpha=config.alpha, gamma=config.gamma, latency_cost=getattr(config, "latency_cost", None))
@@ -167,12 +187,14 @@ class StageBTrainer:
             return ok_c
         return candidate["mean_reward"] > best["mean_reward"] if ok_c else candidate["vl_drop"] < best["vl_drop"]
 
-    def train(self, train_table: OutcomeTable, val_table: OutcomeTable | None = None) -> list[dict[str, float]]:
+    def train(self, train_table: OutcomeTable, val_table: OutcomeTable | None = None,
+              row_weights: np.ndarray | None = None) -> list[dict[str, float]]:
         """Fit the input normaliser on the train states, then run `config.steps` bandit steps.
 
-        Minibatches are drawn with replacement. `lagrange` in a record is the lambda that step's reward used; lambda
-        starts at 0 on every call. Returns the history: one dict per step with `step` and every logged term (val_*
-        keys on evaluation steps).
+        Minibatches are drawn with replacement, uniformly or in proportion to `row_weights` (N,) (see
+        `mix_weights`). `lagrange` in a record is the lambda that step's reward used; lambda starts at 0 on every
+        call. Returns the history: one dict per step with `step` and every logged term (val_* keys on evaluation
+        steps).
         """
         self._check_table(train_table, "train")
         if val_table is not None:
@@ -190,9 +212,19 @@ class StageBTrainer:
         history: list[dict[str, float]] = []
         best_eval, best_state = None, None
         n = len(train_table)
+        if row_weights is not None:
+            row_weights = np.asarray(row_weights, dtype=np.float64)
+            if row_weights.shape != (n,) or not np.isfinite(row_weights).all() or (row_weights < 0).any() \
+                    or not row_weights.any():
+                raise ValueError(f"row_weights must be {n} finite non-negative numbers, not all 0; got shape "
+                                 f"{row_weights.shape}")
+            sampling = torch.from_numpy(row_weights)
         disable = None if self.progress is None else not self.progress  # None: tqdm shows a bar only on a TTY
         for step in tqdm(range(1, cfg.steps + 1), desc="stage_b", disable=disable):
-            rows = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
+            if row_weights is None:
+                rows = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
+            else:
+                rows = torch.multinomial(sampling, cfg.batch_size, replacement=True, generator=gen)
             record = {"step": step, **self._step(train_table, mask, rows, gen, optimizer)}
             if val_table is not None and self.eval_every and (step % self.eval_every == 0 or step == cfg.steps):
                 self.policy.eval()

@@ -71,14 +71,15 @@ def _agreement(gate: DeploymentGate, states: torch.Tensor, targets: torch.Tensor
 
 def distill_gate(policy: AudioPolicyNetwork, states: Any, config: Any, action_mask: Any = None,
                  logger: MetricsLogger | None = None, soft_targets: bool = False, holdout_fraction: float = 0.2,
-                 log_every: int = 10) -> tuple[DeploymentGate, dict[str, float]]:
+                 log_every: int = 10, row_weights: Any = None) -> tuple[DeploymentGate, dict[str, float]]:
     """Train a DeploymentGate to imitate `policy` on `states` (N, S).
 
     config: any object with epochs, lr, hidden_dim, seed (e.g. `safe.config.StageCConfig`).
     Targets: the policy's argmax budget (cross-entropy); with soft_targets=True the policy's probabilities instead.
     A seeded `holdout_fraction` of the rows is kept out of training to measure held-out agreement. Training is
     full-batch Adam for `config.epochs` steps; the same action mask (rows without audio -> budget 0) is applied to the
-    gate's logits as to the policy's.
+    gate's logits as to the policy's. `row_weights` (N,) weigh each row's loss (Stage B's `mix_weights`, so the
+    gate imitates the policy hardest where deployment questions are); agreement is reported unweighted.
 
     Report: agreement_train, agreement_heldout (share of rows where gate argmax == policy argmax), n_train,
     n_heldout, final_loss, skip_rate_policy, skip_rate_gate (over all rows).
@@ -90,6 +91,9 @@ def distill_gate(policy: AudioPolicyNetwork, states: Any, config: Any, action_ma
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
     x = as_state_tensor(states, policy.state_feature_dim, torch.device("cpu"))  # (N, S)
     n = len(x)
+    w = torch.ones(n) if row_weights is None else torch.as_tensor(np.asarray(row_weights), dtype=torch.float32)
+    if w.shape != (n,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError(f"row_weights must be {n} finite non-negative numbers, got shape {tuple(w.shape)}")
     mask = as_action_mask(action_mask, n, policy.num_actions, torch.device("cpu"))
     policy_device = policy.normalizer.mean.device
     with torch.no_grad():
@@ -114,9 +118,10 @@ def distill_gate(policy: AudioPolicyNetwork, states: Any, config: Any, action_ma
     for epoch in range(1, config.epochs + 1):
         log_probs = gate.log_probs(x[tr], pick_mask(tr))  # (N_train, A)
         if soft_targets:  # cross-entropy against the policy distribution; masked entries have p = 0
-            loss = -(probs[tr] * log_probs.masked_fill(probs[tr] == 0, 0.0)).sum(dim=-1).mean()
+            per_row = -(probs[tr] * log_probs.masked_fill(probs[tr] == 0, 0.0)).sum(dim=-1)  # (N_train,)
         else:
-            loss = nn.functional.nll_loss(log_probs, targets[tr])
+            per_row = nn.functional.nll_loss(log_probs, targets[tr], reduction="none")  # (N_train,)
+        loss = (per_row * w[tr]).sum() / w[tr].sum().clamp(min=1e-12)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
