@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import make_bandit_table
+from conftest import BUDGETS, make_bandit_table
 
 from safe.config import StageBConfig
 from safe.rl.policy import AudioPolicyNetwork
@@ -139,3 +139,37 @@ def test_concat_keeps_rows_in_order_and_rejects_other_budgets():
     other = OutcomeTable(b.states, b.scores[:, :3], b.changed[:, :3], b.needs_audio, b.has_audio, (0, 4, 8))
     with pytest.raises(ValueError, match="same token budgets"):
         OutcomeTable.concat([a, other])
+
+
+def test_mix_weights_match_the_reference_mix_of_question_kinds():
+    from safe.training.stage_b import mix_weights
+
+    fit = make_bandit_table(400, seed=0)
+    audio_heavy = fit.subset(fit.needs_audio | (np.arange(len(fit)) % 5 == 0))  # most VL-only rows dropped
+    w = mix_weights(audio_heavy, fit)
+    assert w.shape == (len(audio_heavy),) and w.mean() == pytest.approx(1.0)
+
+    def share(table, weights, mask):
+        return float((weights * mask).sum() / weights.sum())
+
+    for needs in (True, False):
+        for has in (True, False):
+            target = share(fit, np.ones(len(fit)), (fit.needs_audio == needs) & (fit.has_audio == has))
+            got = share(audio_heavy, w, (audio_heavy.needs_audio == needs) & (audio_heavy.has_audio == has))
+            assert got == pytest.approx(target)
+    with pytest.raises(ValueError, match="no row"):
+        mix_weights(fit.subset(fit.needs_audio), fit.subset(~fit.needs_audio))
+
+
+def test_row_weights_steer_which_rows_the_bandit_samples():
+    """Weight 0 on every VL-only row: the bandit never sees one, so its VL drop stays unconstrained (lambda 0);
+    uniform sampling does see them."""
+    table = make_bandit_table(400, seed=1)
+    cfg = StageBConfig(steps=30, batch_size=32, seed=0)
+    weights = table.needs_audio.astype(np.float64)
+    history = StageBTrainer(AudioPolicyNetwork(table.state_dim, BUDGETS, 16), cfg).train(table, row_weights=weights)
+    assert all(h["vl_drop"] == 0.0 and h["lagrange"] == 0.0 for h in history)
+    uniform = StageBTrainer(AudioPolicyNetwork(table.state_dim, BUDGETS, 16), cfg).train(table)
+    assert any(h["vl_drop"] > 0 for h in uniform)
+    with pytest.raises(ValueError, match="row_weights"):
+        StageBTrainer(AudioPolicyNetwork(table.state_dim, BUDGETS, 16), cfg).train(table, row_weights=weights[:10])

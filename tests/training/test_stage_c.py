@@ -80,3 +80,18 @@ def test_gate_input_errors():
     assert isinstance(gate.net, torch.nn.Linear)
     with pytest.raises(ValueError, match="expected 4, got 5"):
         gate.predict_budget(np.zeros((2, 5), dtype=np.float32))
+
+
+def test_row_weights_decide_which_rows_the_gate_imitates(policy_and_tables):
+    """Weight 0 on every row where the policy skips audio: the gate never learns to skip (on rows with audio)."""
+    policy, train, _ = policy_and_tables
+    mask = train.action_mask()
+    skips = policy.get_action_indices(train.states, deterministic=True, action_mask=mask).numpy() == 0
+    cfg = StageCConfig(epochs=100, lr=1e-2, hidden_dim=16, seed=0)
+    _, plain = distill_gate(policy, train.states, cfg, action_mask=mask)
+    _, skewed = distill_gate(policy, train.states, cfg, action_mask=mask, row_weights=(~skips).astype(float))
+    assert plain["skip_rate_gate"] == pytest.approx(plain["skip_rate_policy"], abs=0.05)
+    no_audio = float((~train.has_audio).mean())  # these rows can only skip
+    assert skewed["skip_rate_gate"] < no_audio + 0.05 < plain["skip_rate_gate"]
+    with pytest.raises(ValueError, match="row_weights"):
+        distill_gate(policy, train.states, cfg, action_mask=mask, row_weights=np.ones(3))
