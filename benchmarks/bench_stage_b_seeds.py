@@ -38,7 +38,7 @@ from safe.eval.metrics import compute_metrics  # noqa: E402
 from safe.models.base_vl import BaseVLModel  # noqa: E402
 from safe.rl.policy import AudioPolicyNetwork  # noqa: E402
 from safe.rl.reward import OutcomeTable  # noqa: E402
-from safe.rl.state_features import build_state  # noqa: E402
+from safe.training.rollout import batch_states  # noqa: E402
 from safe.training.stage_b import StageBTrainer, mix_weights  # noqa: E402
 
 SHOWN = ("retention_drop", "audio_gain", "skip_rate", "irrelevant_flip_rate")
@@ -57,8 +57,7 @@ def test_states(run: Path, ids: list[str]) -> np.ndarray:
     rows: dict[str, np.ndarray] = {}
     for batch in loader:
         _, first_logits = base.generate_answers(batch.vl, max_new_tokens=1, return_first_logits=True)
-        q = base.question_embedding(batch.vl.input_ids, batch.vl.attention_mask)
-        states = build_state(q, first_logits, batch.audio_stats, batch.has_audio).numpy()
+        states = batch_states(base, batch, first_logits).numpy()
         rows.update({r.id: s for r, s in zip(batch.records, states)})
     return np.stack([rows[i] for i in ids])
 

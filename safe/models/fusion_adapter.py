@@ -63,12 +63,9 @@ class CrossAttentionBlock(nn.Module):
         """The gate's bias value in [0, 1] (a 0-dim tensor): the gate of an example whose question says nothing."""
         return torch.sigmoid(self.gate_logit)
 
-    def question_summary(self, hidden_states: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean of the normalised hidden states over the prompt's text tokens: (B, T, D), (B, T) bool -> (B, D).
-        Without a mask, the mean over every position."""
+    def question_summary(self, hidden_states: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Mean of the normalised hidden states over the prompt's text tokens: (B, T, D), (B, T) bool -> (B, D)."""
         normed = self.query_norm(hidden_states)  # (B, T, D)
-        if text_mask is None:
-            return normed.mean(1)
         m = text_mask.to(device=normed.device, dtype=normed.dtype).unsqueeze(-1)  # (B, T, 1)
         return (normed * m).sum(1) / m.sum(1).clamp(min=1.0)
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from safe.data.datasets import Batch
 from safe.eval.metrics import score
+from safe.models.base_vl import BaseVLModel
 from safe.models.safe_model import SAFEModel
 from safe.rl.reward import OutcomeTable
 from safe.rl.state_features import build_state
@@ -41,9 +42,9 @@ class Rollout:
 
 
 @torch.no_grad()
-def batch_states(model: SAFEModel, batch: Batch, first_logits: torch.Tensor) -> torch.Tensor:
+def batch_states(base: BaseVLModel, batch: Batch, first_logits: torch.Tensor) -> torch.Tensor:
     """Policy state (B, S) for a collated batch, given the base answer's first-token logits (B, V)."""
-    q = model.base.question_embedding(batch.vl.input_ids, batch.vl.attention_mask)  # (B, D)
+    q = base.question_embedding(batch.vl.input_ids, batch.vl.attention_mask)  # (B, D)
     return build_state(q, first_logits, batch.audio_stats, batch.has_audio)
 
 
@@ -61,7 +62,7 @@ def rollout(
             per_row = (batch.has_audio.long() * b)  # rows without audio stay at budget 0 (= base answer)
             columns.append(model.generate_answers(batch.vl, per_row, audio_features=batch.audio_features,
                                                   max_new_tokens=max_new_tokens))
-        states.append(batch_states(model, batch, first_logits).cpu().numpy())
+        states.append(batch_states(model.base, batch, first_logits).cpu().numpy())
         for i, record in enumerate(batch.records):
             row = [col[i] for col in columns]
             records.append(record)

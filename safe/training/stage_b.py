@@ -80,6 +80,14 @@ def mix_weights(table: OutcomeTable, reference: OutcomeTable) -> np.ndarray:
     return weights / weights.mean()
 
 
+def check_row_weights(row_weights: Any, n: int) -> np.ndarray:
+    """Per-row weights as float64 (n,): finite, non-negative, not all 0; else a ValueError naming the problem."""
+    w = np.asarray(row_weights, dtype=np.float64)
+    if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or not w.any():
+        raise ValueError(f"row_weights must be {n} finite non-negative numbers, not all 0; got shape {w.shape}")
+    return w
+
+
 def reward_config_from(config: Any) -> RewardConfig:
     """The RewardConfig of a Stage B config (alpha, gamma; optional latency_cost; default budget / max budget)."""
     return RewardConfig(alpha=config.alpha, gamma=config.gamma, latency_cost=getattr(config, "latency_cost", None))
@@ -213,12 +221,7 @@ class StageBTrainer:
         best_eval, best_state = None, None
         n = len(train_table)
         if row_weights is not None:
-            row_weights = np.asarray(row_weights, dtype=np.float64)
-            if row_weights.shape != (n,) or not np.isfinite(row_weights).all() or (row_weights < 0).any() \
-                    or not row_weights.any():
-                raise ValueError(f"row_weights must be {n} finite non-negative numbers, not all 0; got shape "
-                                 f"{row_weights.shape}")
-            sampling = torch.from_numpy(row_weights)
+            sampling = torch.from_numpy(check_row_weights(row_weights, n))
         disable = None if self.progress is None else not self.progress  # None: tqdm shows a bar only on a TTY
         for step in tqdm(range(1, cfg.steps + 1), desc="stage_b", disable=disable):
             if row_weights is None:

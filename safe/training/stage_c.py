@@ -16,7 +16,7 @@ from torch import nn
 
 from safe.rl.policy import (AudioPolicyNetwork, BudgetClassifier, as_action_mask, as_state_tensor, load_module_dir,
                             save_module_dir)
-from safe.training.stage_b import MetricsLogger
+from safe.training.stage_b import MetricsLogger, check_row_weights
 
 
 class DeploymentGate(BudgetClassifier):
@@ -91,9 +91,7 @@ def distill_gate(policy: AudioPolicyNetwork, states: Any, config: Any, action_ma
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
     x = as_state_tensor(states, policy.state_feature_dim, torch.device("cpu"))  # (N, S)
     n = len(x)
-    w = torch.ones(n) if row_weights is None else torch.as_tensor(np.asarray(row_weights), dtype=torch.float32)
-    if w.shape != (n,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-        raise ValueError(f"row_weights must be {n} finite non-negative numbers, got shape {tuple(w.shape)}")
+    w = torch.ones(n) if row_weights is None else torch.from_numpy(check_row_weights(row_weights, n)).float()
     mask = as_action_mask(action_mask, n, policy.num_actions, torch.device("cpu"))
     policy_device = policy.normalizer.mean.device
     with torch.no_grad():
