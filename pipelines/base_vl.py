@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipelines.common import BASE_VL, MANIFEST, METRICS, PLOTS, config, launch_processes, tracked_stage
 from safe.data.manifest import read_manifest
-from safe.data.synth import derived_vl_questions
+from safe.data.synth import derived_vl_questions, scene_tags
 from safe.distributed import make_accelerator
 from safe.io import write_json_atomic
 from safe.training.base_vl import train_base_vl
@@ -23,11 +23,14 @@ def main() -> None:
         derive = derived_vl_questions if cfg.base_vl.derived_questions else None
         accelerator = make_accelerator(cfg.accelerate.mixed_precision, cfg.accelerate.gradient_accumulation_steps)
         report = train_base_vl(read_manifest(MANIFEST), cfg.model, cfg.base_vl, cfg.data.image_size, BASE_VL,
-                               logger=tracker, derive_questions=derive, accelerator=accelerator)
+                               logger=tracker, derive_questions=derive, accelerator=accelerator,
+                               image_tags=scene_tags)
         if not accelerator.is_main_process:
             return  # rank 0 wrote the model; it writes the metrics too
         metrics = {"trained_here": 1, "val_acc": report.best_val_acc, "best_epoch": report.best_epoch,
                    "epochs_run": report.epochs_run, "train_examples": report.train_examples}
+        if report.vision is not None:
+            metrics["vision_val_exact"] = report.vision.best_val_exact
         print(f"base_vl: VL-only validation accuracy {report.best_val_acc:.3f} (epoch {report.best_epoch})")
         write_json_atomic(METRICS / "base_vl.json", metrics)
         write_json_atomic(PLOTS / "base_vl_history.json", report.history)

@@ -167,10 +167,20 @@ class BaseVLConfig:
     """Also ask every question the synthetic scene answers about each VL-only training image."""
     eval_every: int = 1
     """Evaluate every N epochs."""
+    vision_pretrain_epochs: int = 0
+    """Epochs of tag pretraining for the new vision tower before the LLaVA trains (0: none). Uses every training
+    image whose scene is known (`safe.training.vision_pretrain`); the answer training stays on VL-only examples."""
+    vision_pretrain_lr: float = 1e-3
+    vision_pretrain_batch_size: int = 64
+    freeze_pretrained_vision: bool = True
+    """Keep a tag-pretrained vision tower frozen while the LLaVA learns to answer (as LLaVA keeps CLIP frozen).
+    Demo, measured: VL-only validation 0.86 after 3 epochs frozen, 0.59 with the tower still training."""
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1 and self.batch_size >= 1, "base_vl.epochs and base_vl.batch_size must be >= 1")
+        _check(self.vision_pretrain_epochs >= 0, "base_vl.vision_pretrain_epochs must be >= 0")
+        _check(self.vision_pretrain_batch_size >= 1, "base_vl.vision_pretrain_batch_size must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -302,7 +312,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "data": {"size": 400, "image_size": 32, "speech": False},
         "model": {"audio_encoder": "whisper-random:64x2"},
-        "base_vl": {"epochs": 4, "batch_size": 64, "lr": 1e-3, "target_val_acc": 0.6},
+        "base_vl": {"epochs": 4, "batch_size": 64, "lr": 1e-3, "target_val_acc": 0.6, "vision_pretrain_epochs": 5},
         "stage_a": {"steps": 80, "eval_every": 40, "fisher_batches": 2},
         "stage_b": {"steps": 200},
         "stage_c": {"epochs": 100},
@@ -315,7 +325,9 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
             "vision_hidden": 96, "vision_layers": 3, "text_hidden": 128, "text_layers": 3, "text_intermediate": 256,
             "fusion_layers": [-3, -2, -1], "lora_rank": 32,
         },
-        "base_vl": {"epochs": 10, "batch_size": 64, "lr": 1e-3},
+        # Tag-pretraining the vision tower first (40 epochs, ~1.5 min) took VL-only validation from 0.67 after 10
+        # epochs to 0.94 after 5 (measured); the 0.9 target stops it early.
+        "base_vl": {"epochs": 10, "batch_size": 64, "lr": 1e-3, "vision_pretrain_epochs": 40},
         # 2000 steps: validation audio accuracy was still climbing at 1000 (0.38 -> 0.61 at 1800, measured).
         "stage_a": {"steps": 2000, "eval_every": 100},
         "stage_b": {"steps": 800},

@@ -555,6 +555,15 @@ def _remove_stale(out: Path, records: list[ManifestRecord]) -> None:
 # ----------------------------------------------------------------------------------------------- derived questions
 
 
+def scene_tags(record) -> list[str]:
+    """The objects in the record's image as tags ("red circle", ...), for vision-tower pretraining.
+
+    Every synthetic image has its scene in `extras.shapes`, audio-family ones too (their image is a random scene the
+    answer does not depend on). Records without it (real datasets) give [].
+    """
+    return sorted(set((record.extras or {}).get("shapes") or []))
+
+
 def derived_vl_questions(record, seed: int = 0) -> list[tuple[str, str]]:
     """Every VL question the record's image answers, with train phrasings: (question, answer) pairs.
 

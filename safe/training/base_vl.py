@@ -24,6 +24,7 @@ from safe.eval.metrics import score
 from safe.io import atomic_dir
 from safe.training.losses import answer_loss
 from safe.models.base_vl import PromptEncoder, build_trainable_vl
+from safe.training.vision_pretrain import VisionPretrainReport, pretrain_vision_tower
 
 
 @dataclass
@@ -34,10 +35,13 @@ class BaseVLReport:
     train_examples: int
     val_examples: int
     history: list[dict]
+    vision: VisionPretrainReport | None = None
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
-
+        out = {k: v for k, v in self.__dict__.items() if k != "vision"}
+        if self.vision is not None:
+            out["vision"] = dict(self.vision.__dict__)
+        return out
 
 def vl_only(records: Sequence[ManifestRecord]) -> list[ManifestRecord]:
     return [r for r in records if not r.needs_audio]
@@ -89,12 +93,14 @@ def training_pairs(records: Sequence[ManifestRecord], derive: Callable[[Manifest
 def train_base_vl(
     manifest: Manifest, model_cfg: ModelConfig, cfg: BaseVLConfig, image_size: int, out_dir: str | Path,
     logger=None, progress: bool = True, derive_questions: Callable[[ManifestRecord], list] | None = None,
-    accelerator=None,
+    accelerator=None, image_tags: Callable[[ManifestRecord], list[str]] | None = None,
 ) -> BaseVLReport:
     """Train, keep the best epoch by VL-only validation accuracy, stop early at `cfg.target_val_acc`, save.
 
     `derive_questions(record) -> [(question, answer)]` adds more questions about each training image (the synthetic
     benchmark knows every scene; real datasets already have several questions per image).
+    `image_tags(record) -> [tag]` names what each image shows; with `cfg.vision_pretrain_epochs` the new vision
+    tower first learns those tags (`safe.training.vision_pretrain`) on every training image that has some.
     `accelerator` (safe.distributed.make_accelerator): under several processes each one trains on its rows of
     every global batch (losses normalised by the global token count, DDP all-reduces the gradients) and scores its
     share of the validation set; only rank 0 logs and saves. Batch size stays global.
@@ -114,10 +120,18 @@ def train_base_vl(
     llava, processor = build_trainable_vl(model_cfg, texts, image_size)
     prompts = PromptEncoder(processor)
     images = {r.id: (load_image(manifest.resolve(r.image)) if r.image else None) for r in train_records + val}
+    vision = None
+    if cfg.vision_pretrain_epochs and image_tags is not None:
+        vision = _pretrain_vision(llava, processor, manifest, train_all, val, images, image_tags, cfg,
+                                  logger if accelerator.is_main_process else None,
+                                  progress and accelerator.is_main_process)
+        if vision is not None and cfg.freeze_pretrained_vision:
+            llava.model.vision_tower.requires_grad_(False)
 
     accumulation = accelerator.gradient_accumulation_steps
     total_steps = math.ceil(math.ceil(len(train) / cfg.batch_size) / accumulation) * cfg.epochs  # optimizer steps
-    optimizer = torch.optim.AdamW(llava.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in llava.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
     warmup = min(100, total_steps // 10 + 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)),
@@ -178,4 +192,28 @@ def train_base_vl(
             llava.save_pretrained(tmp)
             processor.save_pretrained(tmp)
     accelerator.wait_for_everyone()
-    return BaseVLReport(epoch, best["acc"], best["epoch"], len(train), len(val), history)
+    return BaseVLReport(epoch, best["acc"], best["epoch"], len(train), len(val), history, vision)
+
+
+def _pretrain_vision(llava, processor, manifest: Manifest, train_all, val, images: dict, image_tags, cfg: BaseVLConfig,
+                     logger, progress: bool) -> VisionPretrainReport | None:
+    """Tag-pretrain `llava`'s vision tower on the training images `image_tags` describes (VL-only and audio rows:
+    the images are the same kind of scene), validated on the VL-only validation images."""
+    tagged = [r for r in train_all if r.image and image_tags(r)]
+    val_tagged = [r for r in val if r.image and image_tags(r)]
+    if not tagged or not val_tagged:
+        return None  # nothing describes these images (e.g. a real dataset): the LLaVA learns to see on its own
+    def pixels(records):
+        loaded = [images[r.id] if r.id in images else load_image(manifest.resolve(r.image)) for r in records]
+        return processor.image_processor(loaded, return_tensors="pt")["pixel_values"]  # (N, 3, H, W)
+    log = (lambda row: logger.log_metrics({k: v for k, v in row.items() if k != "vision_epoch"},
+                                          step=row["vision_epoch"])) if logger is not None else None
+    report = pretrain_vision_tower(
+        llava.model.vision_tower, pixels(tagged), [image_tags(r) for r in tagged], pixels(val_tagged),
+        [image_tags(r) for r in val_tagged], epochs=cfg.vision_pretrain_epochs,
+        batch_size=cfg.vision_pretrain_batch_size, lr=cfg.vision_pretrain_lr, weight_decay=cfg.weight_decay,
+        seed=cfg.seed, log=log, progress=progress,
+    )
+    print(f"base_vl: vision tower tag-pretrained on {len(tagged)} training images, validation exact-match "
+          f"{report.best_val_exact:.3f} (epoch {report.best_epoch})")
+    return report
