@@ -16,7 +16,7 @@ from safe.data.features import FeatureStore
 from safe.data.manifest import read_manifest
 from safe.distributed import ShardedBatchSampler, make_accelerator, shard
 from safe.eval.plots import plot_stage_a_retention
-from safe.io import atomic_dir, write_json_atomic
+from safe.io import atomic_dir, content_fingerprint, write_json_atomic
 from safe.models.base_vl import BaseVLModel
 from safe.models.safe_model import SAFEArchitecture, SAFEModel
 from safe.training.stage_a import StageATrainer
@@ -44,12 +44,13 @@ def main() -> None:
         train_loader = DataLoader(train, batch_sampler=ShardedBatchSampler(sampler, accelerator.state),
                                   collate_fn=LlavaCollator(base, store.embed_dim, True))
         val_loader = DataLoader(val, batch_size=64, collate_fn=LlavaCollator(base, store.embed_dim, False))
-        # Checkpoints are keyed by everything that defines the run, so only the same run is ever resumed.
+        # Checkpoints are keyed by everything that defines the run (settings, the base VL's weights, the examples and
+        # their features), so only the same run is ever resumed.
         run = {k: cfg.to_dict()[k] for k in ("stage_a", "model")}
         run["gradient_accumulation_steps"] = cfg.accelerate.gradient_accumulation_steps
         run["mixed_precision"] = cfg.accelerate.mixed_precision
-        key = hashlib.sha256(json.dumps([run, store.ids[:50],
-                                         len(store.ids)], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        run["inputs"] = [content_fingerprint(p) for p in (base_vl_source(cfg), MANIFEST, FEATURES)]
+        key = hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:16]
         trainer = StageATrainer(model, train_loader, val_loader, cfg.stage_a, logger=tracker,
                                 checkpoint_dir=CACHE / "checkpoints" / f"stage_a-{key}", accelerator=accelerator)
         if trainer.try_resume() and accelerator.is_main_process:

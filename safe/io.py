@@ -78,3 +78,33 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+FULL_HASH_LIMIT = 256 << 20
+"""Files up to this size are hashed whole by `content_fingerprint`; larger ones (multi-GB checkpoint shards) by
+their size and their first and last 16 MiB, which any retraining or re-download changes."""
+
+
+def _large_file_digest(path: Path) -> str:
+    size, chunk = path.stat().st_size, 16 << 20
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        digest.update(fh.read(chunk))
+        fh.seek(max(size - chunk, 0))
+        digest.update(fh.read())
+    return digest.hexdigest()
+
+
+def content_fingerprint(source: str | Path) -> str:
+    """Hex SHA-256 that changes when the content of a file or folder changes (names and bytes of every file);
+    a string that is not a local path (a hub id) is its own fingerprint. Keys resumable work to its inputs."""
+    path = Path(source)
+    if not path.exists():
+        return hashlib.sha256(f"name:{source}".encode()).hexdigest()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        big = file.stat().st_size > FULL_HASH_LIMIT
+        digest.update(f"{file.relative_to(path) if file != path else file.name}\0".encode())
+        digest.update((_large_file_digest(file) if big else file_sha256(file)).encode())
+    return digest.hexdigest()
