@@ -36,7 +36,6 @@ from safe.data.manifest import read_manifest  # noqa: E402
 from safe.eval.criteria import Thresholds, all_passed, evaluate_criteria  # noqa: E402
 from safe.eval.metrics import compute_metrics  # noqa: E402
 from safe.models.base_vl import BaseVLModel  # noqa: E402
-from safe.models.safe_model import CONFIG_FILE, SAFEArchitecture, SAFEModel  # noqa: E402
 from safe.rl.policy import AudioPolicyNetwork  # noqa: E402
 from safe.rl.reward import OutcomeTable  # noqa: E402
 from safe.training.rollout import batch_states  # noqa: E402
@@ -53,15 +52,12 @@ def test_states(run: Path, ids: list[str]) -> np.ndarray:
     if not base_dir.is_dir():
         raise SystemExit(f"{base_dir} not found: this benchmark needs an offline profile's trained base (tiny, demo)")
     base = BaseVLModel.from_pretrained(base_dir)
-    stage_a = run / "data/models/stage_a"
-    model = SAFEModel(base, SAFEArchitecture.from_json(json.loads((stage_a / CONFIG_FILE).read_text())["architecture"]))
-    model.load_trainable(stage_a)
     loader = DataLoader(ManifestDataset(manifest, "test", features=store), batch_size=64,
                         collate_fn=LlavaCollator(base, store.embed_dim, False))
     rows: dict[str, np.ndarray] = {}
     for batch in loader:
-        _, first_logits, gates = model.base_answers_and_gates(batch.vl, max_new_tokens=1)
-        states = batch_states(base, batch, first_logits, gates).numpy()
+        _, first_logits = base.generate_answers(batch.vl, max_new_tokens=1, return_first_logits=True)
+        states = batch_states(base, batch, first_logits).numpy()
         rows.update({r.id: s for r, s in zip(batch.records, states)})
     return np.stack([rows[i] for i in ids])
 

@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader
 from pipelines.common import (
     CACHE, FEATURES, MANIFEST, METRICS, PLOTS, STAGE_A, base_vl_source, config, launch_processes, tracked_stage,
 )
-from safe.config import SafeConfig
 from safe.data.datasets import BalancedBatchSampler, LlavaCollator, ManifestDataset
 from safe.data.features import FeatureStore
 from safe.data.manifest import read_manifest
@@ -21,18 +20,6 @@ from safe.io import atomic_dir, content_fingerprint, write_json_atomic
 from safe.models.base_vl import BaseVLModel
 from safe.models.safe_model import SAFEArchitecture, SAFEModel
 from safe.training.stage_a import StageATrainer
-
-
-def run_key(cfg: SafeConfig, inputs: tuple = (None, MANIFEST, FEATURES)) -> str:
-    """Key of Stage A's resumable checkpoints: everything that defines the run (its settings, the base VL's weights,
-    the examples and their features), so only the same run is ever resumed. `inputs`: base VL (None: the one in
-    use), manifest, features."""
-    run = {k: cfg.to_dict()[k] for k in ("stage_a", "model")}
-    run["gradient_accumulation_steps"] = cfg.accelerate.gradient_accumulation_steps
-    run["mixed_precision"] = cfg.accelerate.mixed_precision
-    base, *data = inputs
-    run["inputs"] = [content_fingerprint(p) for p in (base or base_vl_source(cfg), *data)]
-    return hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def main() -> None:
@@ -57,9 +44,15 @@ def main() -> None:
         train_loader = DataLoader(train, batch_sampler=ShardedBatchSampler(sampler, accelerator.state),
                                   collate_fn=LlavaCollator(base, store.embed_dim, True))
         val_loader = DataLoader(val, batch_size=64, collate_fn=LlavaCollator(base, store.embed_dim, False))
+        # Checkpoints are keyed by everything that defines the run (settings, the base VL's weights, the examples and
+        # their features), so only the same run is ever resumed.
+        run = {k: cfg.to_dict()[k] for k in ("stage_a", "model")}
+        run["gradient_accumulation_steps"] = cfg.accelerate.gradient_accumulation_steps
+        run["mixed_precision"] = cfg.accelerate.mixed_precision
+        run["inputs"] = [content_fingerprint(p) for p in (base_vl_source(cfg), MANIFEST, FEATURES)]
+        key = hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:16]
         trainer = StageATrainer(model, train_loader, val_loader, cfg.stage_a, logger=tracker,
-                                checkpoint_dir=CACHE / "checkpoints" / f"stage_a-{run_key(cfg)}",
-                                accelerator=accelerator)
+                                checkpoint_dir=CACHE / "checkpoints" / f"stage_a-{key}", accelerator=accelerator)
         if trainer.try_resume() and accelerator.is_main_process:
             print(f"stage_a: resumed from step {trainer.state.step}")
         state = trainer.train()

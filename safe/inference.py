@@ -110,11 +110,12 @@ class SAFEPredictor:
         wave = load_audio(Path(audio)) if audio else None
         start = time.perf_counter()
         batch = self.model.base.encode([question], [img])
-        base_answers, first_logits, gates = self.model.base_answers_and_gates(batch, self.max_new_tokens)
+        base_answers, first_logits = self.model.generate_answers(batch, 0, max_new_tokens=self.max_new_tokens,
+                                                                 return_first_logits=True)
         has = torch.tensor([wave is not None])
         stats = torch.from_numpy(audio_stats(wave))[None] if wave is not None else torch.zeros(1, 3)
         state = build_state(self.model.base.question_embedding(batch.input_ids, batch.attention_mask), first_logits,
-                            stats, has, gates).cpu()  # the gate is small and lives on the CPU
+                            stats, has).cpu()  # the gate is small and lives on the CPU
         gate_value = float(self.gate.audio_probability(state)[0]) if wave is not None else 0.0
         if force_budget is not None:
             budget = force_budget if wave is not None else 0

@@ -240,8 +240,7 @@ def test_registered_champion_answers_through_pyfunc(project, tmp_path, tiny_base
                       audio_encoder=encoder)
     tiny_base.save_pretrained(tmp_path / "base")
     model.save_trainable(tmp_path / "stage_a", extra_config={"audio_encoder": spec, "seed": 0})
-    save_gate(DeploymentGate(state_dim(tiny_base.hidden_size, len(model.fusion_layer_ids)), hidden_dim=0),
-              tmp_path / "gate")
+    save_gate(DeploymentGate(state_dim(tiny_base.hidden_size), hidden_dim=0), tmp_path / "gate")
     bundle = assemble_bundle(tmp_path / "safe", str(tmp_path / "base"), tmp_path / "stage_a", tmp_path / "gate")
     image, audio = tmp_path / "red.png", tmp_path / "beep.wav"
     Image.new("RGB", (32, 32), (255, 0, 0)).save(image)

@@ -58,8 +58,8 @@ class SAFEArchitecture:
 
 @dataclass
 class _FusionContext:
-    tokens: torch.Tensor | None  # (B, K, D); None: a read-only pass that only records the learned gates
-    mask: torch.Tensor | None  # (B, K) bool
+    tokens: torch.Tensor  # (B, K, D)
+    mask: torch.Tensor  # (B, K) bool
     gate: float | torch.Tensor | None
     text_mask: torch.Tensor  # (B, T_prompt) bool: the prompt's text tokens (no padding, image or answer tokens)
     questions: dict[str, torch.Tensor] = field(default_factory=dict)  # block -> (B, D) summary of the prompt
@@ -117,8 +117,6 @@ class SAFEModel(nn.Module):
             gate = ctx.gate
             if gate is None:  # the learned gate, read from the question (kept for Stage A's gate loss)
                 gate = ctx.gates[key] = block.example_gate(ctx.question(key, block, hidden)).view(-1)  # (B,)
-            if ctx.tokens is None:  # read-only: the base's output passes through untouched
-                return output
             fused = block(hidden, ctx.tokens.float(), ctx.mask, gate).to(raw.dtype)
             return (fused, *output[1:]) if isinstance(output, tuple) else fused
 
@@ -203,17 +201,6 @@ class SAFEModel(nn.Module):
         b = self.check_budgets(budgets, batch.input_ids.shape[0])
         with self._fused(self._context_for(batch, b, audio_features, waveforms, gate)):
             return self.base.generate_answers(batch, max_new_tokens, return_first_logits)
-
-    @torch.no_grad()
-    def base_answers_and_gates(self, batch: VLBatch, max_new_tokens: int = 4):
-        """The base model's answers (budget 0, bit for bit), its first-token logits (B, V) and the learned gate of
-        every fusion block (B, n_blocks), read from the same pass over the prompt: the hooks only look, no audio is
-        used. The gates say how much each block would let audio in for this question (a policy state feature)."""
-        ctx = _FusionContext(None, None, None, self.base.prompt_text_mask(batch))
-        with self._fused(ctx):
-            answers, first_logits = self.base.generate_answers(batch, max_new_tokens, return_first_logits=True)
-        gates = torch.stack([ctx.gates[f"layer_{i}"] for i in self.fusion_layer_ids], dim=1)  # (B, n_blocks)
-        return answers, first_logits, gates
 
     # -- parameters ------------------------------------------------------------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:

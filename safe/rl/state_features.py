@@ -1,15 +1,10 @@
 """The policy's state: only what is cheap BEFORE any audio is consumed.
 
-state = [question embedding (D_llm) | base answer entropy, base answer max-prob | audio rms, peak, duration | has_audio
-         | fusion gates (n_blocks)]
+state = [question embedding (D_llm) | base answer entropy, base answer max-prob | audio rms, peak, duration | has_audio]
 
 The base model answers first (budget 0 is the base exactly), so its confidence in that answer comes for free; the
 question embedding is the mean of the base model's input embeddings over the text tokens (no layer runs); the
-audio statistics need no encoder. The fusion gates are Stage A's learned per-block gates, read from the base's hidden
-states over the prompt during that same first pass (`SAFEModel.base_answers_and_gates`): Stage A trained them to open
-for questions that need audio, and being contextual they carry over to phrasings the word-mean embedding has not seen
-(demo test split, held-out phrasings: "count the beeps in the audio." opens the last gate in 28 of 28 clips).
-Deciding from this state never costs an audio-encoder forward.
+audio statistics need no encoder. Deciding from this state never costs an audio-encoder forward.
 """
 
 from __future__ import annotations
@@ -20,8 +15,8 @@ N_CONFIDENCE = 2
 N_AUDIO = 4  # rms, peak, duration, has_audio
 
 
-def state_dim(llm_hidden_size: int, n_gates: int) -> int:
-    return llm_hidden_size + N_CONFIDENCE + N_AUDIO + n_gates
+def state_dim(llm_hidden_size: int) -> int:
+    return llm_hidden_size + N_CONFIDENCE + N_AUDIO
 
 
 def answer_confidence(first_logits: torch.Tensor) -> torch.Tensor:
@@ -34,13 +29,10 @@ def answer_confidence(first_logits: torch.Tensor) -> torch.Tensor:
 
 def build_state(
     question_embedding: torch.Tensor, first_logits: torch.Tensor, audio_stats: torch.Tensor, has_audio: torch.Tensor,
-    gates: torch.Tensor,
 ) -> torch.Tensor:
-    """(B, D) question embedding, (B, V) base first-token logits, (B, 3) audio stats, (B,) bool, (B, n_blocks)
-    fusion gates -> (B, S)."""
+    """(B, D) question embedding, (B, V) base first-token logits, (B, 3) audio stats, (B,) bool -> (B, S)."""
     B = question_embedding.shape[0]
-    for name, t in (("first_logits", first_logits), ("audio_stats", audio_stats), ("has_audio", has_audio),
-                    ("gates", gates)):
+    for name, t in (("first_logits", first_logits), ("audio_stats", audio_stats), ("has_audio", has_audio)):
         if t.shape[0] != B:
             raise ValueError(f"{name} has batch size {t.shape[0]}, expected {B}")
     device = question_embedding.device  # the base model's (the audio stats come from the CPU side)
@@ -48,5 +40,4 @@ def build_state(
     stats = audio_stats.float() * has_audio.unsqueeze(-1).float()
     return torch.cat([
         question_embedding.float(), answer_confidence(first_logits), stats, has_audio.float().unsqueeze(-1),
-        gates.to(device).float(),
     ], dim=-1)

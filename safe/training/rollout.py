@@ -1,6 +1,6 @@
 """Run a trained SAFE model over a split at every token budget: the outcome tables of Stage B and evaluation.
 
-Per example: the base answer (budget 0), its first-token logits and the fusion gates (-> the policy state), then the answer at each
+Per example: the base answer (budget 0) and its first-token logits (-> the policy state), then the answer at each
 non-zero budget with the example's own audio. Scores use the same metric as evaluation. Because the bandit's
 reward for every action is tabulated here, Stage B trains exactly and fast without re-running the model.
 """
@@ -42,13 +42,10 @@ class Rollout:
 
 
 @torch.no_grad()
-def batch_states(
-    base: BaseVLModel, batch: Batch, first_logits: torch.Tensor, gates: torch.Tensor,
-) -> torch.Tensor:
-    """Policy state (B, S) for a collated batch, given the base answer's first-token logits (B, V) and the fusion
-    gates (B, n_blocks) of the same pass (`SAFEModel.base_answers_and_gates`)."""
+def batch_states(base: BaseVLModel, batch: Batch, first_logits: torch.Tensor) -> torch.Tensor:
+    """Policy state (B, S) for a collated batch, given the base answer's first-token logits (B, V)."""
     q = base.question_embedding(batch.vl.input_ids, batch.vl.attention_mask)  # (B, D)
-    return build_state(q, first_logits, batch.audio_stats, batch.has_audio, gates)
+    return build_state(q, first_logits, batch.audio_stats, batch.has_audio)
 
 
 @torch.no_grad()
@@ -58,13 +55,14 @@ def rollout(
     budgets = model.token_budgets
     records, states, preds, scores, has, needs = [], [], [], [], [], []
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
-        base_answers, first_logits, gates = model.base_answers_and_gates(batch.vl, max_new_tokens)
+        base_answers, first_logits = model.generate_answers(batch.vl, 0, max_new_tokens=max_new_tokens,
+                                                            return_first_logits=True)
         columns = [base_answers]
         for b in budgets[1:]:
             per_row = (batch.has_audio.long() * b)  # rows without audio stay at budget 0 (= base answer)
             columns.append(model.generate_answers(batch.vl, per_row, audio_features=batch.audio_features,
                                                   max_new_tokens=max_new_tokens))
-        states.append(batch_states(model.base, batch, first_logits, gates).cpu().numpy())
+        states.append(batch_states(model.base, batch, first_logits).cpu().numpy())
         for i, record in enumerate(batch.records):
             row = [col[i] for col in columns]
             records.append(record)

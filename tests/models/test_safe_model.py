@@ -148,20 +148,3 @@ def test_generation_reuses_the_prompt_gate(model, tiny_base):
         tokens = torch.cat([tokens, nxt], dim=1)
     expected = tiny_base.tokenizer.decode(tokens[0, prompt.input_ids.shape[1]:], skip_special_tokens=True).strip()
     assert generated == expected
-
-
-def test_base_answers_and_gates_only_look(model, tiny_base):
-    """The policy's gate features come from the base's own budget-0 pass: its answers and first-token logits stay
-    the base's bit for bit, no audio encoder runs, and the gates equal the ones fusion would use for that prompt."""
-    perturb(model)
-    perturb_gates(model)
-    images = [Image.new("RGB", (32, 32), (255, 0, 0)), None, Image.new("RGB", (32, 32), (0, 0, 255))]
-    prompts = tiny_base.encode(["what color is the circle?", "how many beeps do you hear?",
-                                "how many shapes are there?"], images)
-    answers, first_logits, gates = model.base_answers_and_gates(prompts, max_new_tokens=3)
-    base_answers, base_first = tiny_base.generate_answers(prompts, max_new_tokens=3, return_first_logits=True)
-    assert answers == base_answers and torch.equal(first_logits, base_first)
-    assert model.audio_encoder.calls == 0
-    _, fused_gates = model(prompts, 12, audio_features=torch.randn(3, 16), return_gates=True)
-    assert gates.shape == (3, len(model.fusion))
-    torch.testing.assert_close(gates, fused_gates)
