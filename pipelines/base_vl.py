@@ -31,6 +31,8 @@ def main() -> None:
                    "epochs_run": report.epochs_run, "train_examples": report.train_examples}
         if report.vision is not None:
             metrics["vision_val_exact"] = report.vision.best_val_exact
+            print(f"base_vl: vision tower tag-pretrained on {report.vision.train_images} training images, validation "
+                  f"exact-match {report.vision.best_val_exact:.3f} (epoch {report.vision.best_epoch})")
         print(f"base_vl: VL-only validation accuracy {report.best_val_acc:.3f} (epoch {report.best_epoch})")
         write_json_atomic(METRICS / "base_vl.json", metrics)
         write_json_atomic(PLOTS / "base_vl_history.json", report.history)

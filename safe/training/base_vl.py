@@ -43,6 +43,7 @@ class BaseVLReport:
             out["vision"] = dict(self.vision.__dict__)
         return out
 
+
 def vl_only(records: Sequence[ManifestRecord]) -> list[ManifestRecord]:
     return [r for r in records if not r.needs_audio]
 
@@ -208,12 +209,9 @@ def _pretrain_vision(llava, processor, manifest: Manifest, train_all, val, image
         return processor.image_processor(loaded, return_tensors="pt")["pixel_values"]  # (N, 3, H, W)
     log = (lambda row: logger.log_metrics({k: v for k, v in row.items() if k != "vision_epoch"},
                                           step=row["vision_epoch"])) if logger is not None else None
-    report = pretrain_vision_tower(
+    return pretrain_vision_tower(
         llava.model.vision_tower, pixels(tagged), [image_tags(r) for r in tagged], pixels(val_tagged),
         [image_tags(r) for r in val_tagged], epochs=cfg.vision_pretrain_epochs,
         batch_size=cfg.vision_pretrain_batch_size, lr=cfg.vision_pretrain_lr, weight_decay=cfg.weight_decay,
         seed=cfg.seed, log=log, progress=progress,
     )
-    print(f"base_vl: vision tower tag-pretrained on {len(tagged)} training images, validation exact-match "
-          f"{report.best_val_exact:.3f} (epoch {report.best_epoch})")
-    return report

@@ -29,6 +29,7 @@ class VisionPretrainReport:
     best_val_exact: float
     """Share of validation images whose whole tag set is predicted exactly (every tag right)."""
     history: list[dict]
+    train_images: int
 
 
 class PatchTagHead(nn.Module):
@@ -135,4 +136,4 @@ def pretrain_vision_tower(
             log(row)
     bar.close()
     vision_tower.load_state_dict(best["state"])
-    return VisionPretrainReport(epochs, vocabulary, best["epoch"], best["exact"], history)
+    return VisionPretrainReport(epochs, vocabulary, best["epoch"], best["exact"], history, len(train_pixels))

@@ -86,3 +86,34 @@ def test_pretraining_refuses_mismatched_or_untagged_inputs():
         pretrain_vision_tower(tiny_tower(), pixels, tags[:-1], pixels, tags, epochs=1, batch_size=4, lr=1e-3)
     with pytest.raises(ValueError, match="no tags"):
         pretrain_vision_tower(tiny_tower(), pixels, [[]] * 8, pixels, tags, epochs=1, batch_size=4, lr=1e-3)
+
+
+def test_base_vl_pretrains_the_tower_then_keeps_it_frozen(bench, tmp_path, monkeypatch):
+    """train_base_vl with image tags: the tower is tag-pretrained on the training images, and the saved LLaVA's
+    tower is exactly the pretrained one (the answer training left it alone)."""
+    import safe.training.base_vl as base_vl_training
+    from safe.config import BaseVLConfig, build_config
+    from safe.models.base_vl import BaseVLModel
+
+    manifest, _ = bench
+    pretrained = {}
+
+    def recording(tower, *args, **kwargs):
+        report = pretrain_vision_tower(tower, *args, **kwargs)
+        pretrained.update({k: v.clone() for k, v in tower.state_dict().items()})
+        return report
+
+    monkeypatch.setattr(base_vl_training, "pretrain_vision_tower", recording)
+    model_cfg = build_config({"profile": "tiny", "model": {"vision_hidden": 32, "text_hidden": 32,
+                                                           "text_intermediate": 64}}).model
+    colour = lambda record: [["red", "blue"][int(record.id[2:]) % 2]]  # noqa: E731  (the fixture's image colours)
+    cfg = BaseVLConfig(epochs=2, batch_size=16, lr=3e-3, target_val_acc=1.01, vision_pretrain_epochs=3,
+                       vision_pretrain_batch_size=16)
+    report = base_vl_training.train_base_vl(manifest, model_cfg, cfg, 32, tmp_path / "base", progress=False,
+                                            image_tags=colour)
+    assert report.vision is not None and report.vision.tags == ["blue", "red"]
+    assert report.vision.train_images == 64  # every training image, the audio rows' too
+    saved = BaseVLModel.from_pretrained(tmp_path / "base").llava.model.vision_tower.state_dict()
+    assert pretrained and all(torch.equal(saved[k], v) for k, v in pretrained.items())
+    untagged = base_vl_training.train_base_vl(manifest, model_cfg, cfg, 32, tmp_path / "plain", progress=False)
+    assert untagged.vision is None
