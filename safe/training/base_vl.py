@@ -23,6 +23,7 @@ from safe.distributed import all_reduce_sum, make_accelerator
 from safe.eval.metrics import score
 from safe.io import atomic_dir
 from safe.training.losses import answer_loss
+from safe.training.schedules import warmup_cosine
 from safe.models.base_vl import PromptEncoder, build_trainable_vl
 from safe.training.vision_pretrain import VisionPretrainReport, pretrain_vision_tower
 
@@ -134,9 +135,7 @@ def train_base_vl(
     optimizer = torch.optim.AdamW([p for p in llava.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     warmup = min(100, total_steps // 10 + 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)),
-    )
+    schedule = warmup_cosine(optimizer, warmup, total_steps)
     llava.to(accelerator.device)
     train_llava, optimizer = accelerator.prepare(llava, optimizer)  # DDP (identity in one process)
     my_val = val[rank::world]

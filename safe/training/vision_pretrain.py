@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from safe.training.schedules import warmup_cosine
+
 
 @dataclass
 class VisionPretrainReport:
@@ -99,9 +101,7 @@ def pretrain_vision_tower(
     steps_per_epoch = math.ceil(len(train_pixels) / batch_size)
     total = steps_per_epoch * epochs
     warmup = max(1, total // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)),
-    )
+    schedule = warmup_cosine(optimizer, warmup, total)
     best = {"exact": -1.0, "epoch": 0, "state": None}
     history: list[dict] = []
     bar = tqdm(total=total, desc="vision pretrain", unit="step", disable=not progress)
