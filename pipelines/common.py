@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+import yaml
+
 for _key, _value in {
     "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
     "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DO_NOT_TRACK": "1",
@@ -34,6 +36,15 @@ CACHE = Path(os.environ.get("SAFE_CACHE_DIR", ".safe_cache"))
 
 def config() -> SafeConfig:
     return load_config(PARAMS)
+
+
+def stage_code(stage: str) -> list[Path]:
+    """The Python files dvc.yaml lists as `stage`'s dependencies: what a resumable run's checkpoint key must include,
+    so a checkpoint written by other code is never resumed (DVC reruns the stage when they change)."""
+    stages = (yaml.safe_load(Path("dvc.yaml").read_text()) or {}).get("stages") or {}
+    if stage not in stages:
+        raise KeyError(f"dvc.yaml has no stage {stage!r}")
+    return [Path(d) for d in stages[stage].get("deps", []) if str(d).endswith(".py")]
 
 
 def base_vl_source(cfg: SafeConfig) -> str:

@@ -16,9 +16,9 @@ def main() -> None:
     result = promote(SAFE_BUNDLE, metrics, thresholds(cfg), model_name=cfg.promote.model_name,
                      extra_artifacts=[EVAL / "report.md", EVAL / "MODEL_CARD.md"])
     write_json_atomic(EVAL / "promotion.json", result.to_json())
-    failed = [name for name, c in result.criteria.items() if not c["passed"]]
+    # `failed` names the failed criteria, or "worse_than_champion" when all pass but the champion stays better.
     print(f"promote: {result.model_name} v{result.version} -> {result.decision}"
-          + (f" (failed: {', '.join(failed)})" if failed else ""))
+          + (f" (failed: {', '.join(result.failed)})" if result.failed else ""))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipelines.common import (
-    CACHE, FEATURES, MANIFEST, METRICS, PLOTS, STAGE_A, base_vl_source, config, launch_processes, tracked_stage,
+    CACHE, FEATURES, MANIFEST, METRICS, PLOTS, STAGE_A, base_vl_source, config, launch_processes, stage_code,
+    tracked_stage,
 )
 from safe.data.datasets import BalancedBatchSampler, LlavaCollator, ManifestDataset
 from safe.data.features import FeatureStore
@@ -20,6 +21,9 @@ from safe.io import atomic_dir, content_fingerprint, write_json_atomic
 from safe.models.base_vl import BaseVLModel
 from safe.models.safe_model import SAFEArchitecture, SAFEModel
 from safe.training.stage_a import StageATrainer
+
+UNKNOWN_WORD_PROBE_RATE = 0.15
+"""Share of words replaced by <unk> in the validation check `vl_flip_rate_unknown_words` (fixed, so runs compare)."""
 
 
 def main() -> None:
@@ -45,17 +49,20 @@ def main() -> None:
                                   collate_fn=LlavaCollator(base, store.embed_dim, True))
         val_loader = DataLoader(val, batch_size=64, collate_fn=LlavaCollator(base, store.embed_dim, False))
         # Checkpoints are keyed by everything that defines the run (settings, the base VL's weights, the examples and
-        # their features), so only the same run is ever resumed.
+        # their features, the stage's code), so only the same run is ever resumed.
         run = {k: cfg.to_dict()[k] for k in ("stage_a", "model")}
         run["gradient_accumulation_steps"] = cfg.accelerate.gradient_accumulation_steps
         run["mixed_precision"] = cfg.accelerate.mixed_precision
         run["inputs"] = [content_fingerprint(p) for p in (base_vl_source(cfg), MANIFEST, FEATURES)]
+        run["code"] = [content_fingerprint(p) for p in stage_code("stage_a")]
         key = hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:16]
         trainer = StageATrainer(model, train_loader, val_loader, cfg.stage_a, logger=tracker,
                                 checkpoint_dir=CACHE / "checkpoints" / f"stage_a-{key}", accelerator=accelerator)
         if trainer.try_resume() and accelerator.is_main_process:
             print(f"stage_a: resumed from step {trainer.state.step}")
         state = trainer.train()
+        # Held-out phrasings reach the word-level tokenizer as <unk>: the same check on validation, 15% of words.
+        unknown_flips = trainer.unknown_word_flip_rate(UNKNOWN_WORD_PROBE_RATE, seed=cfg.stage_a.seed)
         if not accelerator.is_main_process:
             return  # rank 0 writes the outputs (every process holds the same weights)
         with atomic_dir(STAGE_A) as tmp:
@@ -65,8 +72,8 @@ def main() -> None:
         best = next(h for h in state.history if h["step"] == state.best_step and "retention_drop" in h)
         metrics = {k: best[k] for k in ("vl_acc_base", "vl_acc_safe", "retention_drop", "audio_acc_base",
                                         "audio_acc_safe", "vl_flip_rate")}
-        metrics.update(best_step=state.best_step, rollbacks=state.rollbacks, final_kl_weight=state.kl_weight,
-                       **model.trainable_summary())
+        metrics.update(vl_flip_rate_unknown_words=unknown_flips, best_step=state.best_step, rollbacks=state.rollbacks,
+                       final_kl_weight=state.kl_weight, **model.trainable_summary())
         print("stage_a: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         write_json_atomic(METRICS / "stage_a.json", metrics)
         evals = [h for h in state.history if "retention_drop" in h]

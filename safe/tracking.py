@@ -384,7 +384,7 @@ class PromotionResult:
         criteria = {name: {"value": clean(c["value"]), "threshold": c["threshold"], "passed": bool(c["passed"])}
                     for name, c in self.criteria.items()}
         return {"decision": self.decision, "model_name": self.model_name, "version": str(self.version),
-                "criteria": criteria}
+                "criteria": criteria, "failed": list(self.failed)}
 
 
 def _alias_version(mlf: MlflowClient, model_name: str, alias: str):

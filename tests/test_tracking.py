@@ -143,8 +143,8 @@ def test_all_criteria_pass_makes_champion_and_promotion_json(project, bundle):
     assert (result.decision, result.version, result.failed) == ("champion", "1", ())
     assert _aliases(tracking.client()) == {"champion": "1", "challenger": None}
     doc = json.loads(json.dumps(result.to_json(), allow_nan=False))
-    assert set(doc) == {"decision", "model_name", "version", "criteria"}
-    assert doc["model_name"] == "safe-audio-vl" and doc["decision"] == "champion"
+    assert set(doc) == {"decision", "model_name", "version", "criteria", "failed"}
+    assert doc["model_name"] == "safe-audio-vl" and doc["decision"] == "champion" and doc["failed"] == []
     assert set(doc["criteria"]) == set(CRITERIA)
     assert all(set(c) == {"value", "threshold", "passed"} and c["passed"] for c in doc["criteria"].values())
     assert doc["criteria"]["skip_rate"]["threshold"] == [0.4, 0.7]
@@ -174,6 +174,7 @@ def test_a_worse_but_passing_model_stays_challenger(project, bundle):
     tracking.promote(bundle, {**GOOD, "audio_gain": 0.2}, Thresholds())
     result = tracking.promote(bundle, GOOD, Thresholds())  # passes every criterion, but gains less audio accuracy
     assert (result.decision, result.failed) == ("rejected", ("worse_than_champion",))
+    assert result.to_json()["failed"] == ["worse_than_champion"]  # promotion.json says why, though all criteria pass
     mlf = tracking.client()
     assert _aliases(mlf) == {"champion": "1", "challenger": "2"}
     assert mlf.get_model_version(tracking.MODEL_NAME, "2").tags["failed_criteria"] == "worse_than_champion"

@@ -210,6 +210,30 @@ class StageATrainer:
             self._base_val = dict(all_gather_objects(base_preds))
         return _val_metrics(all_gather_objects(rows), self._base_val)
 
+    @torch.no_grad()
+    def unknown_word_flip_rate(self, rate: float, seed: int = 0) -> float:
+        """Share of the VL-only validation questions carrying a clip whose answer changes with the adapter forced on
+        (largest budget) once `rate` of their words are `<unk>`: how the adapter treats questions with words the
+        tokenizer never saw (the test split's held-out phrasings), measured on validation. nan without `<unk>`."""
+        unk_id = self.model.base.tokenizer.unk_token_id
+        if unk_id is None:
+            return float("nan")
+        K = max(self.nonzero_budgets)
+        flips: list[bool] = []
+        for batch in self.val_loader:
+            batch = batch.to(self.accelerator.device)
+            rows = [i for i, r in enumerate(batch.records) if bool(batch.has_audio[i]) and not r.needs_audio]
+            if not rows:
+                continue
+            rngs = [np.random.default_rng([seed, zlib.crc32(r.id.encode())]) for r in batch.records]
+            vl, _ = with_unknown_words(batch.vl, question_word_mask(self.model.base, batch.vl), unk_id, rate, rngs)
+            base = self.model.generate_answers(vl, 0, max_new_tokens=self.max_new_tokens)
+            fused = self.model.generate_answers(vl, batch.has_audio.long() * K, audio_features=batch.audio_features,
+                                                max_new_tokens=self.max_new_tokens)
+            flips.extend(base[i] != fused[i] for i in rows)
+        flips = all_gather_objects(flips)
+        return sum(flips) / max(len(flips), 1)
+
     # -- checkpoints -------------------------------------------------------------------------------------------------
     def _trainable_state(self) -> dict:
         return {n: p.detach().clone() for n, p in self.params.items()}

@@ -110,3 +110,13 @@ def test_training_rows_get_unknown_words_reproducibly(tiny_base, bench):
     assert not torch.equal(trainer._with_unknown_words(batch, 5).vl.input_ids, once.vl.input_ids)
     off = make_trainer(tiny_base, bench, steps=1, unknown_word_rate=0.0)
     assert off._with_unknown_words(batch, 4) is batch
+
+
+def test_unknown_word_flip_rate_is_zero_for_the_base_and_sees_a_wrecked_adapter(trained_base, bench):
+    trainer = make_trainer(trained_base, bench, steps=1)
+    assert trainer.unknown_word_flip_rate(0.3) == 0.0  # the adapter starts as the identity: nothing can change
+    with torch.no_grad():
+        for block in trainer.model.fusion.values():
+            block.o_proj.lora_B.weight.normal_(std=50.0)
+            block.gate_logit.fill_(10.0)
+    assert trainer.unknown_word_flip_rate(0.3) > 0.5
