@@ -209,10 +209,6 @@ class StageAConfig:
     eval_every: int = 50
     distractor_prob: float = 0.8
     """Probability that a VL-only training example gets a distractor clip from another example."""
-    unknown_word_rate: float = 0.15
-    """Share of question words replaced by `<unk>` in training rows (safe/training/augment.py): rephrased questions
-    reach a word-level tokenizer with `<unk>` for every new word, and the adapter must leave those alone too.
-    Ignored when the tokenizer has no `<unk>`."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -221,8 +217,6 @@ class StageAConfig:
         _check(self.retention_tolerance >= 0, "stage_a.retention_tolerance must be >= 0")
         _check(self.kl_weight_growth >= 1.0, "stage_a.kl_weight_growth must be >= 1")
         _check(self.gate_weight >= 0, f"stage_a.gate_weight must be >= 0, got {self.gate_weight}")
-        _check(0.0 <= self.unknown_word_rate < 1.0,
-               f"stage_a.unknown_word_rate must be in [0, 1), got {self.unknown_word_rate}")
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,6 @@ Loss = CE(answer | audio-dependent rows) + kl_weight * KL(base || SAFE | VL-only
        + gate_weight * BCE(fusion gates, needs_audio | rows with a clip) + fisher_weight * EWC.
 VL-only rows get a distractor clip most of the time, so the adapter learns to leave their answers alone: the gate
 (read from the question) learns to close for them, and the KL keeps what still passes from changing the answer.
-A share of every training row's question words is replaced by `<unk>` (safe/training/augment.py), so questions
-phrased with words the tokenizer never saw are left alone as well.
 Every `eval_every` steps the VL-only validation accuracy is compared with the frozen base (the retention check).
 When the drop exceeds `retention_tolerance` the trainer raises the KL weight and rolls back to the best checkpoint;
 the checkpoint it returns as final always satisfies the tolerance (step 0, which IS the base model, always does).
@@ -19,7 +17,7 @@ weights as one (up to float summation order) and take the same rollback decision
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -105,22 +103,9 @@ class StageATrainer:
         self.nonzero_budgets = [b for b in safe_model.token_budgets if b > 0]
 
     # -- batch preparation --------------------------------------------------------------------------------------
-    def _row_rng(self, batch_index: int, record_id: str, stream: int = 0) -> np.random.Generator:
-        """A row's own random stream: the same whichever process, batch position or batch share holds the row.
-        `stream` separates independent draws (0: the audio plan, 1: unknown words)."""
-        key = [self.config.seed, batch_index & 0xFFFFFFFF, zlib.crc32(record_id.encode())]
-        return np.random.default_rng(key + [stream] if stream else key)
-
-    def _with_unknown_words(self, batch: Batch, batch_index: int) -> Batch:
-        """The batch with a share of its question words replaced by `<unk>` (safe/training/augment.py); student and
-        teacher both read the altered prompt."""
-        unk_id = self.model.base.tokenizer.unk_token_id
-        if self.config.unknown_word_rate == 0 or unk_id is None:
-            return batch
-        rngs = [self._row_rng(batch_index, r.id, stream=1) for r in batch.records]
-        candidates = question_word_mask(self.model.base, batch.vl)
-        vl, _ = with_unknown_words(batch.vl, candidates, unk_id, self.config.unknown_word_rate, rngs)
-        return replace(batch, vl=vl)
+    def _row_rng(self, batch_index: int, record_id: str) -> np.random.Generator:
+        """A row's own random stream: the same whichever process, batch position or batch share holds the row."""
+        return np.random.default_rng([self.config.seed, batch_index & 0xFFFFFFFF, zlib.crc32(record_id.encode())])
 
     def _audio_plan(self, batch: Batch, batch_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row audio features (B, D) and budgets (B,): own audio where present; for a VL-only row without
@@ -144,7 +129,7 @@ class StageATrainer:
         return all_reduce_sum(mask.sum().float()).clamp(min=1.0)
 
     def _loss(self, batch: Batch, batch_index: int) -> dict[str, torch.Tensor]:
-        batch = self._with_unknown_words(batch.to(self.accelerator.device), batch_index)
+        batch = batch.to(self.accelerator.device)
         feats, budgets = self._audio_plan(batch, batch_index)
         # logits (B, T, V); gates (B, L): the learned gate of each fusion block
         logits, gates = self.train_model(batch.vl, budgets, audio_features=feats, return_gates=True)
