@@ -1,7 +1,9 @@
 """stage_b: tabulate Stage A's outcomes at every budget, then learn the budget policy as a contextual bandit.
 
 The bandit fits on rows whose images the frozen base never trained on and picks its checkpoint on held-out
-validation rows (`safe.training.stage_b.bandit_tables` says why); those two tables are what stage_c distils from."""
+validation rows (`safe.training.stage_b.bandit_tables` says why); those two tables are what stage_c distils from.
+Both also hold a copy of their rows with some question words replaced by `<unk>` (stage_b.unknown_word_rate), with
+the model's real outcomes on them: how rephrased questions reach a word-level tokenizer."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from safe.eval.plots import plot_stage_b_rewards
 from safe.inference import load_safe_model
 from safe.io import atomic_dir, write_json_atomic
 from safe.rl.policy import AudioPolicyNetwork, save_policy
+from safe.rl.reward import OutcomeTable
+from safe.training.augment import unknown_word_batches
 from safe.training.rollout import rollout
 from safe.training.stage_b import (
     StageBTrainer, bandit_tables, evaluate_policy, fixed_policy_rewards, mix_weights, reward_config_from,
@@ -29,18 +33,30 @@ def main() -> None:
         manifest, store = read_manifest(MANIFEST), FeatureStore.load(FEATURES)
         model = load_safe_model(STAGE_A, with_encoder=False, dtype=cfg.model.dtype, device=process_state().device)
         collate = LlavaCollator(model.base, store.embed_dim, with_answers=False)
-        tables = {}
+        tables, rephrased = {}, {}
+        rate = cfg.stage_b.unknown_word_rate
         for split in ("train", "val"):
             loader = DataLoader(ManifestDataset(manifest, split, features=store), batch_size=64, collate_fn=collate)
             tables[split] = rollout(model, loader, cfg.evaluate.max_new_tokens, desc=f"outcomes[{split}]").table()
+            if rate > 0 and model.base.tokenizer.unk_token_id is not None:
+                # The same rows with words the tokenizer does not know, and the answers the model then gives.
+                altered = unknown_word_batches(loader, model.base, rate, cfg.stage_b.seed, at_least_one=True)
+                rephrased[split] = rollout(model, altered, cfg.evaluate.max_new_tokens,
+                                           desc=f"outcomes[{split}, <unk> words]").table()
         fit, select = bandit_tables(tables["train"], tables["val"])  # rows the frozen models never trained on
+        unknown_rows = 0
+        if rephrased:  # a row and its altered copy fall on the same side (the split hashes the id)
+            fit_unk, select_unk = bandit_tables(rephrased["train"], rephrased["val"])
+            fit, select = OutcomeTable.concat([fit, fit_unk]), OutcomeTable.concat([select, select_unk])
+            unknown_rows = len(fit_unk) + len(select_unk)
         policy = AudioPolicyNetwork(fit.state_dim, cfg.model.token_budgets, hidden_dim=cfg.stage_b.hidden_dim)
         # Sampled in the deployment mix of question kinds (the held-out rows'), not the fit table's audio-heavy one.
         history = StageBTrainer(policy, cfg.stage_b, logger=tracker).train(fit, select, mix_weights(fit, select))
         reward_cfg = reward_config_from(cfg.stage_b)
         learned = evaluate_policy(policy, select, reward_cfg)  # held-out validation rows
         fixed = fixed_policy_rewards(select, reward_cfg)
-        metrics = {"fit_rows": len(fit), "select_rows": len(select), **{f"policy_{k}": v for k, v in learned.items()}}
+        metrics = {"fit_rows": len(fit), "select_rows": len(select), "unknown_word_rows": unknown_rows,
+                   **{f"policy_{k}": v for k, v in learned.items()}}
         for name, result in fixed.items():
             metrics.update({f"{name}_{k}": v for k, v in result.items()})
         metrics["beats_fixed_policies"] = float(learned["mean_reward"] > max(r["mean_reward"] for r in fixed.values()))

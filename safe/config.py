@@ -234,7 +234,15 @@ class StageBConfig:
     retention_tolerance: float = 0.005
     lagrange_lr: float = 0.5
     hidden_dim: int = 64
+    unknown_word_rate: float = 0.15
+    """The bandit also learns from a copy of its rows whose questions have this share of words (at least one) replaced
+    by `<unk>`, with the outcomes the model really gives them: what a rephrased question looks like to a word-level
+    tokenizer (safe/training/augment.py). 0 = no copy; no effect for a tokenizer without `<unk>`."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.unknown_word_rate < 1.0,
+               f"stage_b.unknown_word_rate must be in [0, 1), got {self.unknown_word_rate}")
 
 
 @dataclass(frozen=True)

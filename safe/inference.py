@@ -27,7 +27,7 @@ from safe.io import atomic_dir, write_json_atomic
 from safe.models.audio_encoders import build_audio_encoder
 from safe.models.base_vl import BaseVLModel
 from safe.models.safe_model import CONFIG_FILE, TRAINABLE_FILE, SAFEArchitecture, SAFEModel, read_safe_config
-from safe.rl.state_features import build_state
+from safe.rl.state_features import build_state, question_features
 from safe.training.stage_c import load_gate
 
 GATE_DIR = "gate"
@@ -114,7 +114,7 @@ class SAFEPredictor:
                                                                  return_first_logits=True)
         has = torch.tensor([wave is not None])
         stats = torch.from_numpy(audio_stats(wave))[None] if wave is not None else torch.zeros(1, 3)
-        state = build_state(self.model.base.question_embedding(batch.input_ids, batch.attention_mask), first_logits,
+        state = build_state(question_features(self.model.base, batch.input_ids, batch.attention_mask), first_logits,
                             stats, has).cpu()  # the gate is small and lives on the CPU
         gate_value = float(self.gate.audio_probability(state)[0]) if wave is not None else 0.0
         if force_budget is not None:

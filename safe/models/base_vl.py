@@ -405,6 +405,16 @@ class BaseVLModel(nn.Module):
         keep_f = keep.unsqueeze(-1).to(emb.dtype)
         return (emb * keep_f).sum(1) / keep_f.sum(1).clamp(min=1.0)
 
+    def unknown_word_share(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) share of the prompt's text tokens that are `<unk>`: words the tokenizer never saw (0 without `<unk>`).
+        The question embedding leaves them out, so this is the only trace a rephrased question leaves in the state."""
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        text = self.text_positions(input_ids, attention_mask)  # (B, T)
+        if self.tokenizer.unk_token_id is None:
+            return torch.zeros(input_ids.shape[0], device=self.device)
+        unknown = text & (input_ids == self.tokenizer.unk_token_id)
+        return unknown.sum(1).float() / text.sum(1).clamp(min=1).float()
+
     # -- prompts and batches -----------------------------------------------------------------------------------
     def encode(self, questions, images, answers=None) -> VLBatch:
         """Tokenise a batch (see `PromptEncoder.encode`)."""

@@ -14,11 +14,14 @@ forced-on flips on altered validation questions stayed at 5-8%.
 
 from __future__ import annotations
 
-from typing import Sequence
+import zlib
+from dataclasses import replace
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from safe.data.datasets import Batch
 from safe.models.base_vl import VLBatch
 
 
@@ -34,10 +37,11 @@ def question_word_mask(base, vl: VLBatch) -> torch.Tensor:
 
 def with_unknown_words(
     vl: VLBatch, candidates: torch.Tensor, unk_id: int, rate: float, rngs: Sequence[np.random.Generator],
+    at_least_one: bool = False,
 ) -> tuple[VLBatch, torch.Tensor]:
-    """Replace each candidate token by `unk_id` with probability `rate`. Row b draws one number per candidate token,
-    in order, from `rngs[b]`, so its replacements depend neither on its batch neighbours nor on the padding.
-    Returns the new batch and the (B, T) mask of replaced tokens."""
+    """Replace each candidate token by `unk_id` with probability `rate` (and, with `at_least_one`, one drawn candidate
+    when none was). Row b draws one number per candidate token, in order, from `rngs[b]`, so its replacements depend
+    neither on its batch neighbours nor on the padding. Returns the new batch and the (B, T) mask of replaced tokens."""
     B = vl.input_ids.shape[0]
     if len(rngs) != B:
         raise ValueError(f"got {len(rngs)} random generators for a batch of {B} rows")
@@ -47,6 +51,22 @@ def with_unknown_words(
     for b, rng in enumerate(rngs):
         positions = candidates[b].nonzero().squeeze(-1)  # (n_b,)
         hit = torch.from_numpy(rng.random(len(positions)) < rate).to(positions.device)
+        if at_least_one and len(positions) and not hit.any():
+            hit[int(rng.integers(len(positions)))] = True
         replaced[b, positions[hit]] = True
     input_ids = vl.input_ids.masked_fill(replaced, unk_id)
     return VLBatch(input_ids, vl.attention_mask, vl.pixel_values, vl.labels), replaced
+
+
+def unknown_word_batches(batches: Iterable[Batch], base, rate: float, seed: int = 0,
+                         at_least_one: bool = False) -> Iterator[Batch]:
+    """`batches` with `rate` of every question's words replaced by `<unk>`, each row's draw keyed by (seed, its id):
+    the same questions whichever batch holds them. Batches pass unchanged when the tokenizer has no `<unk>`."""
+    unk_id = base.tokenizer.unk_token_id
+    for batch in batches:
+        if unk_id is None:
+            yield batch
+            continue
+        rngs = [np.random.default_rng([seed, zlib.crc32(r.id.encode())]) for r in batch.records]
+        vl, _ = with_unknown_words(batch.vl, question_word_mask(base, batch.vl), unk_id, rate, rngs, at_least_one)
+        yield replace(batch, vl=vl)

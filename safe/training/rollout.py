@@ -19,7 +19,7 @@ from safe.eval.metrics import score
 from safe.models.base_vl import BaseVLModel
 from safe.models.safe_model import SAFEModel
 from safe.rl.reward import OutcomeTable
-from safe.rl.state_features import build_state
+from safe.rl.state_features import build_state, question_features
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Rollout:
 @torch.no_grad()
 def batch_states(base: BaseVLModel, batch: Batch, first_logits: torch.Tensor) -> torch.Tensor:
     """Policy state (B, S) for a collated batch, given the base answer's first-token logits (B, V)."""
-    q = base.question_embedding(batch.vl.input_ids, batch.vl.attention_mask)  # (B, D)
+    q = question_features(base, batch.vl.input_ids, batch.vl.attention_mask)  # (B, D + 1)
     return build_state(q, first_logits, batch.audio_stats, batch.has_audio)
 
 

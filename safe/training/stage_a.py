@@ -30,7 +30,7 @@ from safe.data.datasets import Batch
 from safe.distributed import all_gather_objects, all_reduce_sum, make_accelerator
 from safe.eval.metrics import score
 from safe.models.safe_model import SAFEModel
-from safe.training.augment import question_word_mask, with_unknown_words
+from safe.training.augment import unknown_word_batches
 from safe.training.losses import FisherPenalty, answer_loss, answer_positions, gate_loss, retention_kl
 
 CHECKPOINT_FILE = "stage_a_last.pt"
@@ -200,21 +200,18 @@ class StageATrainer:
         """Share of the VL-only validation questions carrying a clip whose answer changes with the adapter forced on
         (largest budget) once `rate` of their words are `<unk>`: how the adapter treats questions with words the
         tokenizer never saw (the test split's held-out phrasings), measured on validation. nan without `<unk>`."""
-        unk_id = self.model.base.tokenizer.unk_token_id
-        if unk_id is None:
+        if self.model.base.tokenizer.unk_token_id is None:
             return float("nan")
         K = max(self.nonzero_budgets)
         flips: list[bool] = []
-        for batch in self.val_loader:
-            batch = batch.to(self.accelerator.device)
+        batches = (b.to(self.accelerator.device) for b in self.val_loader)
+        for batch in unknown_word_batches(batches, self.model.base, rate, seed):
             rows = [i for i, r in enumerate(batch.records) if bool(batch.has_audio[i]) and not r.needs_audio]
             if not rows:
                 continue
-            rngs = [np.random.default_rng([seed, zlib.crc32(r.id.encode())]) for r in batch.records]
-            vl, _ = with_unknown_words(batch.vl, question_word_mask(self.model.base, batch.vl), unk_id, rate, rngs)
-            base = self.model.generate_answers(vl, 0, max_new_tokens=self.max_new_tokens)
-            fused = self.model.generate_answers(vl, batch.has_audio.long() * K, audio_features=batch.audio_features,
-                                                max_new_tokens=self.max_new_tokens)
+            base = self.model.generate_answers(batch.vl, 0, max_new_tokens=self.max_new_tokens)
+            fused = self.model.generate_answers(batch.vl, batch.has_audio.long() * K,
+                                                audio_features=batch.audio_features, max_new_tokens=self.max_new_tokens)
             flips.extend(base[i] != fused[i] for i in rows)
         flips = all_gather_objects(flips)
         return sum(flips) / max(len(flips), 1)

@@ -89,3 +89,10 @@ def test_checkpoint_folder_missing_files_is_named(tmp_path, tiny_base):
 def test_mismatched_lengths_raise(tiny_base):
     with pytest.raises(ValueError, match="questions"):
         tiny_base.encode(["a", "b"], [None])
+
+
+def test_unknown_word_share_counts_the_words_the_tokenizer_never_saw(tiny_base):
+    batch = tiny_base.encode(["how many shapes are there?", "how many zzzz are qqqq?"], [None, None])
+    share = tiny_base.unknown_word_share(batch.input_ids, batch.attention_mask)
+    text = tiny_base.text_positions(batch.input_ids, batch.attention_mask).sum(1)
+    assert share[0] == 0.0 and share[1] == pytest.approx(2 / float(text[1]))

@@ -51,3 +51,22 @@ def test_bad_rate_or_generator_count_is_refused(tiny_base, tiny_batch):
         with_unknown_words(tiny_batch, mask, 1, 1.0, [np.random.default_rng(0)] * 3)
     with pytest.raises(ValueError, match="3 rows"):
         with_unknown_words(tiny_batch, mask, 1, 0.1, [np.random.default_rng(0)])
+
+
+def test_unknown_word_batches_alter_every_row_reproducibly(tiny_base):
+    from types import SimpleNamespace
+
+    from safe.data.datasets import Batch
+    from safe.training.augment import unknown_word_batches
+
+    questions = ["how many shapes are there?", "what color is the circle?"]
+    vl = tiny_base.encode(questions, [None, None])
+    records = [SimpleNamespace(id=f"ex{i}") for i in range(2)]
+    batch = Batch(vl, records, torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, dtype=torch.bool),
+                  torch.zeros(2, dtype=torch.bool), [None, None])
+    unk = tiny_base.tokenizer.unk_token_id
+    first = next(unknown_word_batches([batch], tiny_base, 0.01, seed=3, at_least_one=True))
+    again = next(unknown_word_batches([batch], tiny_base, 0.01, seed=3, at_least_one=True))
+    assert torch.equal(first.vl.input_ids, again.vl.input_ids)
+    assert ((first.vl.input_ids == unk).sum(1) >= 1).all()  # a rate this low still alters every question
+    assert first.records is batch.records and torch.equal(first.vl.attention_mask, batch.vl.attention_mask)
