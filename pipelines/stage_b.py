@@ -8,6 +8,7 @@ the model's real outcomes on them: how rephrased questions reach a word-level to
 from __future__ import annotations
 
 
+import torch
 from torch.utils.data import DataLoader
 
 from pipelines.common import FEATURES, MANIFEST, METRICS, PLOTS, STAGE_A, STAGE_B, config, tracked_stage
@@ -49,6 +50,7 @@ def main() -> None:
             fit_unk, select_unk = bandit_tables(rephrased["train"], rephrased["val"])
             fit, select = OutcomeTable.concat([fit, fit_unk]), OutcomeTable.concat([select, select_unk])
             unknown_rows = len(fit_unk) + len(select_unk)
+        torch.manual_seed(cfg.stage_b.seed)  # the policy's initial weights: the same every run (as in the seeds bench)
         policy = AudioPolicyNetwork(fit.state_dim, cfg.model.token_budgets, hidden_dim=cfg.stage_b.hidden_dim)
         # Sampled in the deployment mix of question kinds (the held-out rows'), not the fit table's audio-heavy one.
         history = StageBTrainer(policy, cfg.stage_b, logger=tracker).train(fit, select, mix_weights(fit, select))
