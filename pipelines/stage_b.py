@@ -7,7 +7,6 @@ the model's real outcomes on them: how rephrased questions reach a word-level to
 
 from __future__ import annotations
 
-
 import torch
 from torch.utils.data import DataLoader
 

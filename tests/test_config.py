@@ -36,3 +36,10 @@ def test_repository_params_yaml_loads():
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_unknown_word_copies_are_on_for_word_level_profiles_only():
+    rates = {p: build_config({"profile": p}).stage_b.unknown_word_rate for p in ("tiny", "demo", "smol", "llava")}
+    assert rates == {"tiny": 0.15, "demo": 0.15, "smol": 0.0, "llava": 0.0}
+    with pytest.raises(ConfigError, match="unknown_word_rate"):
+        build_config({"profile": "demo", "stage_b": {"unknown_word_rate": 1.0}})

@@ -5,7 +5,8 @@ question (the benchmark's held-out test phrasings: "the circle is painted in whi
 `<unk>` where the new word was. Training never shows `<unk>`, so the fusion adapter's reaction to it is arbitrary:
 on the demo, with audio forced on, 10 of 18 such test colour questions changed their answer, against 1 of 83
 questions phrased as in training. Replacing a share of validation question words by `<unk>` measures that risk
-without the test split (`StageATrainer.unknown_word_flip_rate`).
+without the test split (`StageATrainer.unknown_word_flip_rate`), and Stage B learns from copies of its rows altered
+this way, with the model's real outcomes on them (pipelines/stage_b.py, `stage_b.unknown_word_rate`).
 
 Training Stage A on such questions as well (KL to the base on the same altered prompt) was measured on the demo and
 not kept: validation audio accuracy fell from 0.91 to 0.70 (every row altered) or 0.76 (VL-only rows altered), while
