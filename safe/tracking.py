@@ -57,6 +57,8 @@ EXECUTION_TAG = "safe.execution"
 ROLE_TAG = "safe.role"  # "pipeline" on parent runs, "stage" on nested ones
 STAGE_TAG = "safe.stage"
 METRIC_TAG_PREFIX = "metric."  # model-version tags holding the metrics the version was promoted with
+LINEAGE_KEYS = ("safe.profile", "safe.test_set")  # versions are compared only when these tags are equal
+ALIAS_LOG_PREFIX = "safe.alias_move."  # registered-model tags: one JSON record per alias move, numbered
 
 
 class TrackingError(RuntimeError):
@@ -375,6 +377,8 @@ class PromotionResult:
     criteria: dict[str, dict[str, Any]]
     failed: tuple[str, ...] = ()  # failed criteria, or ("worse_than_champion",)
     run_id: str = ""
+    lineage: dict[str, str] = field(default_factory=dict)  # profile, test set, commit of this version
+    compared_with: dict[str, Any] = field(default_factory=dict)  # the champion it was (or was not) compared with
 
     def to_json(self) -> dict[str, Any]:
         """The data/eval/promotion.json schema; NaN values become null so the file is strict JSON."""
@@ -384,7 +388,8 @@ class PromotionResult:
         criteria = {name: {"value": clean(c["value"]), "threshold": c["threshold"], "passed": bool(c["passed"])}
                     for name, c in self.criteria.items()}
         return {"decision": self.decision, "model_name": self.model_name, "version": str(self.version),
-                "criteria": criteria, "failed": list(self.failed)}
+                "criteria": criteria, "failed": list(self.failed), "lineage": dict(self.lineage),
+                "compared_with": dict(self.compared_with)}
 
 
 def _alias_version(mlf: MlflowClient, model_name: str, alias: str):
@@ -405,12 +410,60 @@ def version_metrics(mlf: MlflowClient, version) -> dict[str, float]:
     return dict(mlf.get_run(version.run_id).data.metrics)
 
 
+def comparable_champion(mlf: MlflowClient, model_name: str, lineage: Mapping[str, str]) -> tuple[Any, dict]:
+    """(the champion version to compare a new version with, or None; a record of that choice for promotion.json).
+
+    A champion trained on another profile or scored on another test set is not evidence against the new version:
+    its metrics measure a different thing, so it is neither compared with nor allowed to block the new version.
+    """
+    current = _alias_version(mlf, model_name, CHAMPION)
+    if current is None:
+        return None, {"version": None, "reason": "no champion yet"}
+    theirs = {key: current.tags.get(key, "unknown") for key in LINEAGE_KEYS}
+    ours = {key: str(lineage.get(key, "unknown")) for key in LINEAGE_KEYS}
+    if theirs != ours:
+        differs = [key for key in LINEAGE_KEYS if theirs[key] != ours[key]]
+        return None, {"version": str(current.version), "compared": False,
+                      "reason": "champion has another " + " and ".join(k.split(".", 1)[1] for k in differs),
+                      "champion_lineage": theirs}
+    return current, {"version": str(current.version), "compared": True, "reason": "same profile and test set"}
+
+
+def move_alias(mlf: MlflowClient, model_name: str, alias: str, version: str, reason: str, run_id: str = "") -> dict:
+    """Point `alias` at `version` and append an audit record (who, when, from which version, why) to the model."""
+    previous = _alias_version(mlf, model_name, alias)
+    mlf.set_registered_model_alias(model_name, alias, version)
+    record = {"alias": alias, "from_version": str(previous.version) if previous is not None else None,
+              "to_version": str(version), "by": _user(), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "reason": reason, "run_id": run_id}
+    number = len([k for k in mlf.get_registered_model(model_name).tags if k.startswith(ALIAS_LOG_PREFIX)])
+    mlf.set_registered_model_tag(model_name, f"{ALIAS_LOG_PREFIX}{number:05d}", json.dumps(record))
+    return record
+
+
+def alias_history(model_name: str = MODEL_NAME, mlf: MlflowClient | None = None) -> list[dict]:
+    """Every alias move recorded by `move_alias`, oldest first."""
+    tags = (mlf or client()).get_registered_model(model_name).tags
+    return [json.loads(tags[key]) for key in sorted(k for k in tags if k.startswith(ALIAS_LOG_PREFIX))]
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return "unknown"
+
+
 def promote(model_dir: str | Path, metrics: Mapping[str, Any], thresholds, extra_artifacts=None,
-            model_name: str = MODEL_NAME) -> PromotionResult:
+            model_name: str = MODEL_NAME, lineage: Mapping[str, str] | None = None) -> PromotionResult:
     """Log `model_dir` as a pyfunc model, register it, and alias it `champion` only if it earns it.
 
-    Champion = every success criterion passes AND `is_not_worse` than the current champion's metrics. Otherwise the
-    new version gets the `challenger` alias and a `failed_criteria` tag; the champion alias is left untouched.
+    Champion = every success criterion passes AND `is_not_worse` than the current champion's metrics, when that
+    champion shares this version's profile and test set (`lineage`: `safe.profile`, `safe.test_set`, plus
+    `safe.git_commit`, all set as version tags). Otherwise the new version gets the `challenger` alias and a
+    `failed_criteria` tag; the champion alias is left untouched. Every alias move is recorded (`alias_history`).
     """
     from safe.eval.criteria import all_passed, evaluate_criteria, failed_criteria, is_not_worse
 
@@ -420,7 +473,9 @@ def promote(model_dir: str | Path, metrics: Mapping[str, Any], thresholds, extra
     criteria = evaluate_criteria(metrics, thresholds)
     numeric = {k: _number(k, v) for k, v in metrics.items() if isinstance(v, (int, float))}
     mlf = client()
-    current = _alias_version(mlf, model_name, CHAMPION)
+    lineage = {"safe.profile": _profile(project_dir()), "safe.test_set": "unknown",
+               "safe.git_commit": git_commit(), **{k: str(v) for k, v in (lineage or {}).items()}}
+    current, compared_with = comparable_champion(mlf, model_name, lineage)
     champion_metrics = version_metrics(mlf, current) if current is not None else None
     failed = failed_criteria(criteria)
     if not failed and not is_not_worse(numeric, champion_metrics):
@@ -443,16 +498,20 @@ def promote(model_dir: str | Path, metrics: Mapping[str, Any], thresholds, extra
         for key, value in numeric.items():
             mlf.set_model_version_tag(model_name, version, f"{METRIC_TAG_PREFIX}{key}", str(value))
         mlf.set_model_version_tag(model_name, version, "criteria_passed", str(passed).lower())
+        for key, value in lineage.items():
+            mlf.set_model_version_tag(model_name, version, key, value)
         if passed:
-            mlf.set_registered_model_alias(model_name, CHAMPION, version)
+            move_alias(mlf, model_name, CHAMPION, version, "all criteria passed; " + compared_with["reason"],
+                       tracker.run_id)
         else:
-            mlf.set_registered_model_alias(model_name, CHALLENGER, version)
+            move_alias(mlf, model_name, CHALLENGER, version, "failed: " + ",".join(failed), tracker.run_id)
             mlf.set_model_version_tag(model_name, version, "failed_criteria", ",".join(failed))
         decision = CHAMPION if passed else "rejected"
         tracker.set_tags({"safe.decision": decision, "safe.model_version": version,
                           **({"failed_criteria": ",".join(failed)} if failed else {})})
         tracker.log_metrics({f"criterion.{name}.passed": c["passed"] for name, c in criteria.items()})
-    return PromotionResult(decision, model_name, version, criteria, tuple(failed), tracker.run_id)
+    return PromotionResult(decision, model_name, version, criteria, tuple(failed), tracker.run_id, lineage,
+                           compared_with)
 
 
 def resolve_model_uri(spec: str | Path, model_name: str = MODEL_NAME) -> str:

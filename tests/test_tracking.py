@@ -143,7 +143,8 @@ def test_all_criteria_pass_makes_champion_and_promotion_json(project, bundle):
     assert (result.decision, result.version, result.failed) == ("champion", "1", ())
     assert _aliases(tracking.client()) == {"champion": "1", "challenger": None}
     doc = json.loads(json.dumps(result.to_json(), allow_nan=False))
-    assert set(doc) == {"decision", "model_name", "version", "criteria", "failed"}
+    assert set(doc) == {"decision", "model_name", "version", "criteria", "failed", "lineage", "compared_with"}
+    assert doc["lineage"]["safe.profile"] == "tiny" and doc["compared_with"]["reason"] == "no champion yet"
     assert doc["model_name"] == "safe-audio-vl" and doc["decision"] == "champion" and doc["failed"] == []
     assert set(doc["criteria"]) == set(CRITERIA)
     assert all(set(c) == {"value", "threshold", "passed"} and c["passed"] for c in doc["criteria"].values())
@@ -178,6 +179,39 @@ def test_a_worse_but_passing_model_stays_challenger(project, bundle):
     mlf = tracking.client()
     assert _aliases(mlf) == {"champion": "1", "challenger": "2"}
     assert mlf.get_model_version(tracking.MODEL_NAME, "2").tags["failed_criteria"] == "worse_than_champion"
+
+
+DEMO_A = {"safe.profile": "demo", "safe.test_set": "aaaa"}
+
+
+@pytest.mark.parametrize("other", [{"safe.profile": "smol", "safe.test_set": "aaaa"},
+                                   {"safe.profile": "demo", "safe.test_set": "bbbb"}], ids=["profile", "test_set"])
+def test_a_champion_of_another_profile_or_test_set_is_not_compared(project, bundle, other):
+    tracking.promote(bundle, {**GOOD, "audio_gain": 0.3}, Thresholds(), lineage=DEMO_A)
+    result = tracking.promote(bundle, GOOD, Thresholds(), lineage=other)  # worse numbers, but on another benchmark
+    assert (result.decision, result.failed) == ("champion", ())
+    assert result.compared_with["compared"] is False and result.compared_with["version"] == "1"
+    differs = "profile" if other["safe.profile"] != "demo" else "test_set"
+    assert result.compared_with["reason"] == f"champion has another {differs}"
+    version = tracking.client().get_model_version(tracking.MODEL_NAME, "2")
+    assert {k: version.tags[k] for k in other} == other and version.tags["safe.git_commit"]
+
+
+def test_a_champion_of_the_same_profile_and_test_set_still_blocks_a_worse_model(project, bundle):
+    tracking.promote(bundle, {**GOOD, "audio_gain": 0.3}, Thresholds(), lineage=DEMO_A)
+    result = tracking.promote(bundle, GOOD, Thresholds(), lineage=DEMO_A)
+    assert result.failed == ("worse_than_champion",) and result.compared_with["compared"] is True
+
+
+def test_every_alias_move_is_recorded(project, bundle):
+    tracking.promote(bundle, GOOD, Thresholds())
+    tracking.promote(bundle, {**GOOD, "skip_rate": 0.9}, Thresholds())
+    tracking.promote(bundle, {**GOOD, "audio_gain": 0.2}, Thresholds())
+    history = tracking.alias_history()
+    moves = [(h["alias"], h["from_version"], h["to_version"]) for h in history]
+    assert moves == [("champion", None, "1"), ("challenger", None, "2"), ("champion", "1", "3")]
+    assert history[1]["reason"] == "failed: skip_rate"
+    assert all(h["by"] and h["at"].endswith("Z") and h["run_id"] for h in history)
 
 
 def test_nan_metric_fails_and_promotion_json_stays_strict(project, bundle):
