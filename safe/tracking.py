@@ -385,7 +385,8 @@ class PromotionResult:
         def clean(value):
             return None if isinstance(value, float) and not math.isfinite(value) else value
 
-        criteria = {name: {"value": clean(c["value"]), "threshold": c["threshold"], "passed": bool(c["passed"])}
+        criteria = {name: {"value": clean(c["value"]), "bound": clean(c.get("bound")), "n": c.get("n"),
+                           "threshold": c["threshold"], "passed": bool(c["passed"])}
                     for name, c in self.criteria.items()}
         return {"decision": self.decision, "model_name": self.model_name, "version": str(self.version),
                 "criteria": criteria, "failed": list(self.failed), "lineage": dict(self.lineage),

@@ -18,6 +18,10 @@ NOT_WORSE_EPS = 1e-3
 """Allowed slack (0.1 percentage point) when comparing a candidate with the champion (see `is_not_worse`)."""
 
 CRITERIA = ("retention_drop", "audio_gain", "skip_rate", "irrelevant_flip_rate")
+BOUND_AND_N = {"retention_drop": ("retention_drop_upper", "n_vl"), "audio_gain": ("audio_gain_lower", "n_audio"),
+               "skip_rate": (None, "n_with_audio"), "irrelevant_flip_rate": ("irrelevant_flip_rate_upper", "n_irrelevant")}
+"""Per criterion: the metrics.json key of its 95% bound on the side that matters (none for the skip-rate band,
+which is a design target, not a risk), and of the sample size behind it."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ def _at_least(value: float, limit: float) -> bool:
 
 
 def evaluate_criteria(metrics: Mapping[str, Any], thresholds: Thresholds = Thresholds()) -> dict[str, dict[str, Any]]:
-    """{name: {value, threshold, passed}} for retention_drop, audio_gain, skip_rate, irrelevant_flip_rate.
+    """{name: {value, bound, n, threshold, passed}} for retention_drop, audio_gain, skip_rate, irrelevant_flip_rate.
 
     `threshold` is a number, or [min, max] for skip_rate. Raises KeyError naming the metric when one is absent
     (a metrics file from another schema is a bug to surface, not a failed criterion).
@@ -77,7 +81,7 @@ def evaluate_criteria(metrics: Mapping[str, Any], thresholds: Thresholds = Thres
         raise KeyError(f"metrics lack {missing} needed by the success criteria; have {sorted(metrics)}")
     t = thresholds
     v = {k: _number(metrics[k]) for k in CRITERIA}
-    return {
+    criteria = {
         "retention_drop": {"value": v["retention_drop"], "threshold": t.max_retention_drop,
                            "passed": _at_most(v["retention_drop"], t.max_retention_drop)},
         "audio_gain": {"value": v["audio_gain"], "threshold": t.min_audio_gain,
@@ -88,6 +92,11 @@ def evaluate_criteria(metrics: Mapping[str, Any], thresholds: Thresholds = Thres
         "irrelevant_flip_rate": {"value": v["irrelevant_flip_rate"], "threshold": t.max_irrelevant_flip_rate,
                                  "passed": _at_most(v["irrelevant_flip_rate"], t.max_irrelevant_flip_rate)},
     }
+    for name, entry in criteria.items():  # reported beside the value; the gate still reads the value (see README)
+        bound_key, n_key = BOUND_AND_N[name]
+        entry["bound"] = _number(metrics[bound_key]) if bound_key in metrics else None
+        entry["n"] = int(metrics[n_key]) if isinstance(metrics.get(n_key), (int, float)) else None
+    return criteria
 
 
 def all_passed(criteria: Mapping[str, Mapping[str, Any]]) -> bool:

@@ -7,8 +7,8 @@ every fixed budget, the budget the deployed gate chose and its answer, and robus
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,14 +25,19 @@ from safe.training.rollout import rollout
 
 @dataclass
 class Latency:
-    policy_ms: float
-    always_audio_ms: float
-    base_ms: float
-    n: int
+    """Per-example wall times in ms of the three paths; `compute_metrics` reduces them (median, mean, p90)."""
 
-    def to_dict(self) -> dict[str, float]:
-        return {"latency_ms_policy": self.policy_ms, "latency_ms_always_audio": self.always_audio_ms,
-                "latency_ms_base": self.base_ms, "n_latency": self.n}
+    policy_ms: list[float]
+    always_audio_ms: list[float]
+    base_ms: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.policy_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"latency_ms_policy": list(self.policy_ms), "latency_ms_always_audio": list(self.always_audio_ms),
+                "latency_ms_base": list(self.base_ms), "n_latency": self.n}
 
 
 def prediction_table(predictor: SAFEPredictor, manifest: Manifest, store: FeatureStore, split: str = "test",
@@ -98,10 +103,10 @@ def _silent_features(predictor, store: FeatureStore) -> torch.Tensor | None:
 
 def measure_latency(predictor: SAFEPredictor, manifest: Manifest, split: str = "test", n: int = 32,
                     progress: bool = True) -> Latency:
-    """Median per-example wall time, one example at a time from raw media: deployed gate, always-audio, base VL."""
+    """Per-example wall time, one example at a time from raw media: deployed gate, always-audio, base VL."""
     records = manifest.by_split(split)[:n]
     if not records:
-        return Latency(float("nan"), float("nan"), float("nan"), 0)
+        return Latency([], [], [])
     K = max(predictor.model.token_budgets)
     policy, always, base = [], [], []
     for r in tqdm(records, desc="latency", unit="example", disable=not progress):
@@ -109,4 +114,4 @@ def measure_latency(predictor: SAFEPredictor, manifest: Manifest, split: str = "
         policy.append(predictor.predict(image, audio, r.question).latency_ms)
         always.append(predictor.predict(image, audio, r.question, force_budget=K).latency_ms)
         base.append(predictor.base_latency_ms(image, r.question))
-    return Latency(statistics.median(policy), statistics.median(always), statistics.median(base), len(records))
+    return Latency(policy, always, base)

@@ -19,12 +19,21 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+LATENCY_PATHS = ("policy", "always_audio", "base")
 METRIC_KEYS = (
-    "vl_acc_base", "vl_acc_safe", "retention_drop", "audio_acc_base", "audio_acc_safe", "audio_gain", "skip_rate",
-    "irrelevant_flip_rate", "mean_audio_tokens", "latency_ms_policy", "latency_ms_always_audio", "latency_ms_base",
-    "n_test",
+    "vl_acc_base", "vl_acc_safe", "retention_drop", "retention_drop_upper",
+    "audio_acc_base", "audio_acc_safe", "audio_gain", "audio_gain_lower",
+    "skip_rate", "skip_rate_all", "audio_needed_skip_rate", "oracle_gap",
+    "irrelevant_flip_rate", "irrelevant_flip_rate_upper",
+    "forced_flip_rate_distractor", "forced_flip_rate_silent", "forced_flip_rate_swapped",
+    "mean_audio_tokens",
+    *(f"latency_ms_{path}{stat}" for path in LATENCY_PATHS for stat in ("", "_mean", "_p90")),
+    "n_test", "n_vl", "n_audio", "n_with_audio", "n_irrelevant", "n_latency",
 )
-"""The keys of metrics.json, in order (the contract in ARCHITECTURE.md)."""
+"""The keys of metrics.json, in order (the contract in ARCHITECTURE.md). `latency_ms_<path>` is the median."""
+
+CONFIDENCE = 0.95
+"""One-sided confidence of the `_upper` / `_lower` bounds: the side a promotion gate must trust."""
 
 REQUIRED_COLUMNS = ("id", "family", "needs_audio", "answer", "pred_base", "pred_safe", "budget")
 PROBES = ("distractor", "silent", "swapped")
@@ -231,6 +240,43 @@ def flip_rate(base_preds: Any, other_preds: Any) -> float:
     return flips / n if n else float("nan")
 
 
+def flip_rate_upper(flips: int, n: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided exact (Clopper-Pearson) upper bound of a flip rate seen as `flips` of `n`; NaN when n is 0.
+
+    0 of 150 gives about 0.020 at 95%: a sample that small cannot show a rate below 1%.
+    """
+    if n == 0:
+        return float("nan")
+    from scipy.stats import binomtest
+
+    return float(binomtest(int(flips), int(n), alternative="less").proportion_ci(confidence, method="exact").high)
+
+
+def paired_mean_bound(a: Any, b: Any, side: str, confidence: float = CONFIDENCE, n_resamples: int = 2000,
+                      seed: int = 0) -> float:
+    """One-sided percentile-bootstrap bound of mean(a - b) over PAIRED rows: side "upper" or "lower"; NaN when empty.
+
+    When every difference is equal (e.g. SAFE never changes a VL answer) the bound is that difference: resampling
+    cannot move it, and scipy's degenerate-distribution warning says nothing new there.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if side not in ("upper", "lower"):
+        raise ValueError(f"side must be 'upper' or 'lower', got {side!r}")
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired bound needs two 1-D arrays of equal length, got shapes {a.shape} and {b.shape}")
+    diff = a - b  # (n,)
+    if diff.size == 0:
+        return float("nan")
+    if np.all(diff == diff[0]):
+        return float(diff[0])
+    from scipy.stats import bootstrap
+
+    result = bootstrap((diff,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="percentile",
+                       alternative="less" if side == "upper" else "greater", rng=np.random.default_rng(seed))
+    interval = result.confidence_interval
+    return float(interval.high if side == "upper" else interval.low)
+
+
 def skip_rate(budgets: Any) -> float:
     """Share of examples whose audio budget is 0 (audio not consulted); NaN when empty."""
     return _mean(np.asarray(budgets, dtype=np.float64) == 0)
@@ -274,13 +320,17 @@ def oracle_gap(df: pd.DataFrame) -> dict[str, float]:
 
 # -- metrics.json and details.json ------------------------------------------------------------------------------------
 
-def _latency(latency: Mapping[str, Any], name: str) -> float:
-    """Median of the per-example timings under `latency_ms_<name>` or `<name>` (a single number is taken as is)."""
+def _latency(latency: Mapping[str, Any], name: str) -> dict[str, float]:
+    """{"": median, "_mean": mean, "_p90": 90th percentile} of the timings under `latency_ms_<name>` or `<name>`
+    (a single number is taken as is); NaN when no finite timing is there."""
     for key in (f"latency_ms_{name}", name):
         if key in latency:
             values = np.asarray(latency[key], dtype=np.float64).ravel()
             values = values[np.isfinite(values)]
-            return float(np.median(values)) if values.size else float("nan")
+            if not values.size:
+                return {"": float("nan"), "_mean": float("nan"), "_p90": float("nan")}
+            return {"": float(np.median(values)), "_mean": float(values.mean()),
+                    "_p90": float(np.percentile(values, 90))}
     raise EvalInputError(f"latency record lacks 'latency_ms_{name}' (or '{name}'); has {sorted(latency)}")
 
 
@@ -288,15 +338,20 @@ def compute_metrics(df: pd.DataFrame, latency: Mapping[str, Any]) -> dict[str, f
     """The metrics.json of a prediction table: exactly the keys in METRIC_KEYS, fractions in [0, 1].
 
     Row sets:
-      - VL-only rows: needs_audio False. vl_acc_* are mean scores there; retention_drop = vl_acc_base - vl_acc_safe.
-      - audio rows: needs_audio True. audio_gain = audio_acc_safe - audio_acc_base.
-      - skip_rate and mean_audio_tokens: the deployed `budget` over ALL rows.
+      - VL-only rows: needs_audio False. vl_acc_* are mean scores there; retention_drop = vl_acc_base - vl_acc_safe,
+        retention_drop_upper its one-sided 95% paired-bootstrap upper bound.
+      - audio rows: needs_audio True. audio_gain = audio_acc_safe - audio_acc_base; audio_gain_lower its lower bound.
+      - skip_rate: the deployed `budget` is 0, over the rows that CARRY a clip (has_audio): a row without one is
+        forced to 0 and is no decision. skip_rate_all: over every row; audio_needed_skip_rate: over audio rows.
+      - oracle_gap: `oracle_gap(df)["gap"]` (NaN without pred_b<k> columns).
       - irrelevant_flip_rate: rows with needs_audio False AND has_audio True (a VL question that came with an
         audio clip it does not need, e.g. family `vl_distractor`): share whose normalised pred_safe differs from
-        pred_base. NaN when the test split has no such row (a criterion on it then fails: nothing was checked).
-    latency: per-example milliseconds (a number or an array; arrays are reduced by the median) under
-      `latency_ms_policy`, `latency_ms_always_audio`, `latency_ms_base` (or `policy`, `always_audio`, `base`).
-      Other keys are ignored.
+        pred_base; irrelevant_flip_rate_upper its exact binomial bound. NaN when the split has no such row.
+      - forced_flip_rate_<probe>: VL-only rows answered with the budget forced to the largest and a distractor,
+        silent or swapped clip (columns pred_<probe>), compared with pred_base; NaN where the probe was not run.
+      - n_*: the size of each row set, so every rate can be read with its sample size.
+    latency: per-example milliseconds (a number or an array) under `latency_ms_policy`, `latency_ms_always_audio`,
+      `latency_ms_base` (or `policy`, `always_audio`, `base`); reported as median, mean and p90. Other keys ignored.
     Any of the means is NaN when its row set is empty.
     """
     validate_predictions(df)
@@ -312,14 +367,30 @@ def compute_metrics(df: pd.DataFrame, latency: Mapping[str, Any]) -> dict[str, f
         "vl_acc_base": _mean(base[vl]), "vl_acc_safe": _mean(safe[vl]),
         "audio_acc_base": _mean(base[audio]), "audio_acc_safe": _mean(safe[audio]),
     }
+    carries = _mask(df, "has_audio")
     out["retention_drop"] = out["vl_acc_base"] - out["vl_acc_safe"]
+    out["retention_drop_upper"] = paired_mean_bound(base[vl], safe[vl], "upper")
     out["audio_gain"] = out["audio_acc_safe"] - out["audio_acc_base"]
-    out["skip_rate"] = skip_rate(budgets)
-    out["irrelevant_flip_rate"] = flip_rate(df["pred_base"][distracted], df["pred_safe"][distracted])
+    out["audio_gain_lower"] = paired_mean_bound(safe[audio], base[audio], "lower")
+    out["skip_rate"] = skip_rate(budgets[carries])
+    out["skip_rate_all"] = skip_rate(budgets)
+    out["audio_needed_skip_rate"] = skip_rate(budgets[audio])
+    out["oracle_gap"] = oracle_gap(df)["gap"] if budget_columns(df) else float("nan")
+    flips, n_irrelevant = _flip_counts(df["pred_base"][distracted], df["pred_safe"][distracted])
+    out["irrelevant_flip_rate"] = flips / n_irrelevant if n_irrelevant else float("nan")
+    out["irrelevant_flip_rate_upper"] = flip_rate_upper(flips, n_irrelevant)
+    for probe in PROBES:
+        column = f"pred_{probe}"
+        out[f"forced_flip_rate_{probe}"] = (flip_rate(df["pred_base"][vl], df[column][vl])
+                                            if column in df.columns else float("nan"))
     out["mean_audio_tokens"] = mean_audio_tokens(budgets)
-    for name in ("policy", "always_audio", "base"):
-        out[f"latency_ms_{name}"] = _latency(latency, name)
-    out["n_test"] = int(len(df))
+    for name in LATENCY_PATHS:
+        for stat, value in _latency(latency, name).items():
+            out[f"latency_ms_{name}{stat}"] = value
+    out.update(n_test=int(len(df)), n_vl=int(vl.sum()), n_audio=int(audio.sum()), n_with_audio=int(carries.sum()),
+               n_irrelevant=int(n_irrelevant),
+               n_latency=int(np.asarray(latency.get("latency_ms_policy", latency.get("policy", [])),
+                                        dtype=np.float64).size))
     return {k: out[k] for k in METRIC_KEYS}
 
 

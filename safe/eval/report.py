@@ -20,7 +20,7 @@ _BOUND_ASCII = {"≤": "<=", "≥": ">="}
 _CRITERION_LABEL = {
     "retention_drop": "VL retention drop (base - SAFE, VL-only questions)",
     "audio_gain": "audio gain (SAFE - base, audio-dependent questions)",
-    "skip_rate": "skip rate (gate chose budget 0, all questions)",
+    "skip_rate": "skip rate (gate chose budget 0, questions that carry a clip)",
     "irrelevant_flip_rate": "answers flipped by irrelevant audio (VL-only with a clip)",
 }
 _PROBE_LABEL = {
@@ -93,9 +93,10 @@ def _overall_line(criteria: Mapping[str, Mapping[str, Any]]) -> str:
 
 def criteria_markdown(criteria: Mapping[str, Mapping[str, Any]]) -> str:
     """The success-criteria table: criterion, what it measures, value, threshold, PASS/FAIL."""
-    rows = [[f"`{name}`", _CRITERION_LABEL.get(name, name), _pct(c["value"], 2), _threshold(name, c["threshold"]),
+    rows = [[f"`{name}`", _CRITERION_LABEL.get(name, name), _pct(c["value"], 2), _pct(c.get("bound"), 2),
+             "n/a" if c.get("n") is None else str(c["n"]), _threshold(name, c["threshold"]),
              f"**{_verdict(c['passed'])}**"] for name, c in criteria.items()]
-    return _table(["criterion", "measures", "value", "threshold", "result"], rows)
+    return _table(["criterion", "measures", "value", "95% bound", "n", "threshold", "result"], rows)
 
 
 def _headline(metrics: Mapping[str, Any], details: Mapping[str, Any]) -> str:
@@ -109,12 +110,19 @@ def _headline(metrics: Mapping[str, Any], details: Mapping[str, Any]) -> str:
          ["audio-dependent", str(details["n_audio"]), _pct(metrics["audio_acc_base"]), _pct(metrics["audio_acc_safe"]),
           f"audio gain (SAFE - base) {_ci(gain)}"]])
     cost = _table(
-        ["skip rate", "mean audio tokens", "latency: gate policy", "latency: always audio", "latency: base VL"],
-        [[_pct(metrics["skip_rate"]), _num(metrics["mean_audio_tokens"], ".2f"),
-          f"{_num(metrics['latency_ms_policy'])} ms", f"{_num(metrics['latency_ms_always_audio'])} ms",
-          f"{_num(metrics['latency_ms_base'])} ms"]])
-    return (f"{acc}\n\n{cost}\n\nTest examples: {metrics['n_test']}. Latencies are medians per example, one example "
-            f"at a time from raw media.")
+        ["skip rate (with a clip)", "skip rate (all)", "audio-dependent skipped", "oracle gap", "mean audio tokens"],
+        [[_pct(metrics["skip_rate"]), _pct(metrics.get("skip_rate_all")), _pct(metrics.get("audio_needed_skip_rate")),
+          _pp(metrics.get("oracle_gap")), _num(metrics["mean_audio_tokens"], ".2f")]])
+
+    def ms(key: str) -> str:
+        return f"{_num(metrics.get(key))} ms"
+
+    latency = _table(
+        ["path", "median", "mean", "p90"],
+        [[label, ms(f"latency_ms_{path}"), ms(f"latency_ms_{path}_mean"), ms(f"latency_ms_{path}_p90")]
+         for label, path in (("gate policy", "policy"), ("always audio", "always_audio"), ("base VL", "base"))])
+    return (f"{acc}\n\n{cost}\n\n{latency}\n\nTest examples: {metrics['n_test']}. Latencies per example, one "
+            f"example at a time from raw media ({metrics.get('n_latency', 'n/a')} examples).")
 
 
 def _per_family(details: Mapping[str, Any]) -> str:

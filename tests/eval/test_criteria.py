@@ -12,10 +12,20 @@ GOOD = {"retention_drop": 0.002, "audio_gain": 0.08, "skip_rate": 0.55, "irrelev
         "vl_acc_base": 0.8, "n_test": 100}
 
 
+def test_bounds_and_sample_sizes_travel_with_each_criterion():
+    metrics = {**GOOD, "retention_drop_upper": 0.004, "audio_gain_lower": 0.06, "irrelevant_flip_rate_upper": 0.0198,
+               "n_vl": 330, "n_audio": 270, "n_with_audio": 420, "n_irrelevant": 150}
+    criteria = evaluate_criteria(metrics, Thresholds())
+    assert {k: (c["bound"], c["n"]) for k, c in criteria.items()} == {
+        "retention_drop": (0.004, 330), "audio_gain": (0.06, 270), "skip_rate": (None, 420),
+        "irrelevant_flip_rate": (0.0198, 150)}
+
+
 def test_all_pass_and_schema():
     criteria = evaluate_criteria(GOOD, Thresholds())
     assert list(criteria) == list(CRITERIA)
-    assert all(set(c) == {"value", "threshold", "passed"} for c in criteria.values())
+    assert all(set(c) == {"value", "bound", "n", "threshold", "passed"} for c in criteria.values())
+    assert all(c["bound"] is None and c["n"] is None for c in criteria.values())  # GOOD has no bounds or sizes
     assert criteria["skip_rate"]["threshold"] == [0.40, 0.70]
     assert criteria["retention_drop"]["threshold"] == 0.005
     assert all_passed(criteria) and failed_criteria(criteria) == []

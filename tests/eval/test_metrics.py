@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from safe.eval.metrics import (METRIC_KEYS, EvalInputError, accuracy_by_family, accuracy_vs_budget, compute_details,
-                               compute_metrics, exact_match, flip_rate, mean_audio_tokens, normalize_answer, oracle_gap,
-                               paired_bootstrap_ci, score, skip_rate, skip_rate_by_family, vqa_soft_accuracy)
+                               compute_metrics, exact_match, flip_rate, flip_rate_upper, mean_audio_tokens,
+                               normalize_answer, oracle_gap, paired_bootstrap_ci, paired_mean_bound, score, skip_rate,
+                               skip_rate_by_family, vqa_soft_accuracy)
 
 VQA_RED = ["red"] * 3 + ["pink"] * 7  # 3 of 10 humans said "red"
 
@@ -142,13 +143,40 @@ def test_compute_metrics_six_rows_by_hand(six_rows):
     expected = {
         "vl_acc_base": 2.9 / 3, "vl_acc_safe": 1.9 / 3, "retention_drop": 1 / 3,
         "audio_acc_base": 1 / 3, "audio_acc_safe": 1.0, "audio_gain": 2 / 3,
-        "skip_rate": 0.5, "irrelevant_flip_rate": 0.5, "mean_audio_tokens": 4.0,
-        "latency_ms_policy": 20.0, "latency_ms_always_audio": 50.0, "latency_ms_base": 6.0,
+        # row a carries no clip, so it is no skip decision: c and e of the five rows with a clip were skipped
+        "skip_rate": 2 / 5, "skip_rate_all": 0.5, "audio_needed_skip_rate": 1 / 3,
+        "irrelevant_flip_rate": 0.5, "mean_audio_tokens": 4.0,
+        "irrelevant_flip_rate_upper": 0.95 ** 0.5,  # Clopper-Pearson, 1 of 2: 1 - p^2 = 0.05
+        "forced_flip_rate_distractor": 1 / 3, "forced_flip_rate_silent": 0.0, "forced_flip_rate_swapped": 1 / 3,
+        "oracle_gap": oracle_gap(six_rows)["gap"],
+        "latency_ms_policy": 20.0, "latency_ms_policy_mean": 20.0, "latency_ms_policy_p90": 28.0,
+        "latency_ms_always_audio": 50.0, "latency_ms_always_audio_p90": 50.0,
+        "latency_ms_base": 6.0, "latency_ms_base_mean": 6.0, "latency_ms_base_p90": 6.8,
     }
     for key, value in expected.items():
         assert m[key] == pytest.approx(value), key
-    assert m["n_test"] == 6 and isinstance(m["n_test"], int)
+    assert (m["n_test"], m["n_vl"], m["n_audio"], m["n_with_audio"], m["n_irrelevant"], m["n_latency"]) == \
+        (6, 3, 3, 5, 2, 3) and isinstance(m["n_test"], int)
+    assert m["retention_drop"] < m["retention_drop_upper"] <= 1.0
+    assert -1.0 <= m["audio_gain_lower"] < m["audio_gain"]
     json.dumps(m)  # plain Python numbers
+
+
+def test_flip_rate_upper_is_the_exact_binomial_bound():
+    assert flip_rate_upper(0, 150) == pytest.approx(1 - 0.05 ** (1 / 150))  # ~0.0198: 150 rows cannot show <= 1%
+    assert flip_rate_upper(0, 300) < 0.01 < flip_rate_upper(1, 300)
+    assert math.isnan(flip_rate_upper(0, 0))
+
+
+def test_paired_mean_bound_sides_and_degenerate_samples():
+    rng = np.random.default_rng(0)
+    a, b = rng.random(400), rng.random(400)
+    point = float((a - b).mean())
+    assert paired_mean_bound(a, b, "lower") < point < paired_mean_bound(a, b, "upper")
+    assert paired_mean_bound(np.ones(50), np.ones(50), "upper") == 0.0  # SAFE never changed an answer
+    assert math.isnan(paired_mean_bound([], [], "upper"))
+    with pytest.raises(ValueError, match="side"):
+        paired_mean_bound(a, b, "both")
 
 
 def test_compute_metrics_is_order_and_index_invariant(six_rows):

@@ -46,7 +46,9 @@ def test_report_starts_with_the_criteria_table(evaluation):
     text = render_report(metrics, criteria, details)
     first_section = text.split("## ")[1]
     assert first_section.startswith("Success criteria")
-    assert "| criterion | measures | value | threshold | result |" in first_section
+    assert "| criterion | measures | value | 95% bound | n | threshold | result |" in first_section
+    flips = next(line for line in first_section.splitlines() if "`irrelevant_flip_rate`" in line)
+    assert f"| {metrics['n_irrelevant']} |" in flips  # the sample size behind the rate is on its line
     for name, c in criteria.items():
         line = next(line for line in first_section.splitlines() if f"`{name}`" in line)
         assert ("**PASS**" if c["passed"] else "**FAIL**") in line
