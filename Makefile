@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test repro schedule ui-mlflow ui-prefect bench clean
+.PHONY: setup demo test repro results schedule ui-mlflow ui-prefect bench clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ demo: setup
 
 repro: setup
 	dvc repro
+
+# docs/results.md from the last run's files (and benchmarks/results_seeds.jsonl): commit it with the run's code.
+results: setup
+	python -m pipelines.results
 
 test: setup
 	@# pytest exits 5 when it collects no tests; that is not a failure of the code under test.

@@ -7,15 +7,20 @@ import json
 from pipelines.common import EVAL
 
 
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def main() -> None:
     promotion = json.loads((EVAL / "promotion.json").read_text())
     metrics = json.loads((EVAL / "metrics.json").read_text())
-    print("\nSAFE success criteria (test split)")
-    print(f"{'criterion':<24}{'value':>10}  {'threshold':<16}{'result':>6}")
+    print("\nSAFE success criteria (test split; bound = one-sided 95% confidence limit, n = examples behind it)")
+    print(f"{'criterion':<24}{'value':>10}{'bound':>10}{'n':>6}  {'threshold':<16}{'result':>6}")
     for name, c in promotion["criteria"].items():
         threshold = c["threshold"]
         shown = f"[{threshold[0]}, {threshold[1]}]" if isinstance(threshold, list) else str(threshold)
-        print(f"{name:<24}{c['value']:>10.4f}  {shown:<16}{'PASS' if c['passed'] else 'FAIL':>6}")
+        print(f"{name:<24}{_num(c['value']):>10}{_num(c.get('bound')):>10}{str(c.get('n') or '-'):>6}  "
+              f"{shown:<16}{'PASS' if c['passed'] else 'FAIL':>6}")
     print(f"\nbase VL acc {metrics['vl_acc_base']:.3f} -> SAFE {metrics['vl_acc_safe']:.3f} (VL-only); "
           f"audio questions {metrics['audio_acc_base']:.3f} -> {metrics['audio_acc_safe']:.3f}")
     print(f"registry: {promotion['model_name']} v{promotion['version']} -> {promotion['decision']}")

@@ -1,0 +1,123 @@
+"""Do the promotion criteria hold across training seeds? Retrain Stage A -> promote for several seeds.
+
+Usage, in a project where `dvc repro` has run (any profile):
+
+    python benchmarks/bench_seeds.py --seeds 5          # seeds 0..4
+    python benchmarks/bench_seeds.py --seeds 1 3 --keep  # seeds 1 and 3, keep the seed folders
+
+For each seed it copies the project (code, params, dvc.lock and data/; the `.safe_cache` is shared) into a temporary
+folder, sets `stage_a.seed` and `stage_b.seed` in its params.yaml, and runs `dvc repro promote` there: DVC reruns
+stage_a and everything after it, and reuses prepare_data, extract_features and base_vl. Each seed registers into its
+own MLflow store, so no seed competes with another's champion. It prints, per seed, the four criteria with their 95%
+bounds and the promotion decision, then the range over seeds, and appends one JSON line per run to
+`benchmarks/results_seeds.jsonl` (commit, machine, date, profile, per-seed metrics) for docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results_seeds.jsonl"
+COPIED = ("safe", "pipelines", "params.yaml", "dvc.yaml", "dvc.lock", ".dvc", ".dvcignore", "pyproject.toml", "data")
+SHOWN = (("retention_drop", "retention_drop_upper"), ("audio_gain", "audio_gain_lower"), ("skip_rate", None),
+         ("irrelevant_flip_rate", "irrelevant_flip_rate_upper"))
+
+
+def seed_project(project: Path, dst: Path, seed: int) -> None:
+    """A copy of `project` whose params.yaml trains Stage A and Stage B with `seed`."""
+    for name in COPIED:
+        src = project / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.is_file():
+            shutil.copy2(src, dst / name)
+    params = yaml.safe_load((dst / "params.yaml").read_text()) or {}
+    for stage in ("stage_a", "stage_b"):
+        params.setdefault(stage, {})["seed"] = seed
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)  # dvc needs a repository root; nothing is committed
+
+
+def run_seed(project: Path, seed: int, keep: bool) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix=f"safe-seed{seed}-"))
+    try:
+        seed_project(project, folder, seed)
+        env = {**os.environ, "SAFE_PROJECT_DIR": str(folder), "SAFE_CACHE_DIR": str(project / ".safe_cache"),
+               "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"}
+        env.pop("SAFE_MLFLOW_PARENT_RUN_ID", None)
+        (folder / "mlruns").mkdir(exist_ok=True)
+        start = time.perf_counter()
+        result = subprocess.run(["dvc", "repro", "promote"], cwd=folder, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+            raise SystemExit(f"seed {seed}: dvc repro failed in {folder}:\n{tail}")
+        metrics = json.loads((folder / "data/eval/metrics.json").read_text())
+        promotion = json.loads((folder / "data/eval/promotion.json").read_text())
+        return {"seed": seed, "seconds": round(seconds, 1), "decision": promotion["decision"],
+                "failed": promotion["failed"], "metrics": metrics}
+    finally:
+        if keep:
+            print(f"  seed {seed} kept in {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[5],
+                        help="one number N = seeds 0..N-1; several numbers = those seeds")
+    parser.add_argument("--project", type=Path, default=ROOT, help="project folder where dvc repro has run")
+    parser.add_argument("--keep", action="store_true", help="keep each seed's folder (printed) for inspection")
+    args = parser.parse_args()
+    project = args.project.resolve()
+    if not (project / "dvc.lock").is_file() or not (project / "data/eval/metrics.json").is_file():
+        raise SystemExit(f"{project}: run `dvc repro` (or `make demo`) there first; this benchmark reuses its "
+                         "prepared data, features and base VL")
+    seeds = list(range(args.seeds[0])) if len(args.seeds) == 1 else args.seeds
+    profile = (yaml.safe_load((project / "params.yaml").read_text()) or {}).get("profile", "demo")
+    print(f"seeds {seeds} on {project} ({profile} profile): stage_a -> promote retrained per seed")
+    header = "  ".join(f"{name + (' (bound)' if bound else ''):>30}" for name, bound in SHOWN)
+    print(f"  {'seed':>4}  {header}  {'decision':>9}  {'time':>7}")
+    runs = []
+    for seed in seeds:
+        run = run_seed(project, seed, args.keep)
+        runs.append(run)
+        m = run["metrics"]
+        cells = "  ".join(f"{m[name]:>14.4f} ({m[bound]:.4f})".rjust(30) if bound else f"{m[name]:>30.4f}"
+                          for name, bound in SHOWN)
+        print(f"  {seed:>4}  {cells}  {run['decision']:>9}  {run['seconds']:>6.0f}s", flush=True)
+    print("  range over seeds:")
+    for name, bound in SHOWN:
+        for key in (name, bound) if bound else (name,):
+            values = [r["metrics"][key] for r in runs]
+            print(f"    {key:<28} {min(values):.4f} .. {max(values):.4f}")
+    passed = sum(r["decision"] == "champion" for r in runs)
+    print(f"  seeds promoted (all four criteria): {passed}/{len(runs)}; "
+          f"{sum(r['seconds'] for r in runs) / 60:.1f} min in all")
+    record = {"commit": _git_commit(), "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()})",
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "profile": profile, "runs": runs}
+    with RESULTS.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    print(f"  appended to {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

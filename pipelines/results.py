@@ -1,0 +1,108 @@
+"""Write docs/results.md from the files a run and the seeds benchmark wrote: no number in it is typed by hand.
+
+    python -m pipelines.results            # after `make demo` (and optionally benchmarks/bench_seeds.py)
+
+Reads data/eval/metrics.json, data/eval/promotion.json, data/metrics/*.json (this checkout's last run) and
+benchmarks/results_seeds.jsonl (every seeds benchmark run, newest per profile shown). Stamps the commit, the
+machine and the date of the run it reports; `make results` runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.common import EVAL, METRICS, config
+from safe.io import write_text_atomic
+
+OUT = Path("docs/results.md")
+SEEDS = Path("benchmarks/results_seeds.jsonl")
+CRITERIA_ROWS = (("retention_drop", "retention_drop_upper", "VL retention drop (≤ 0.005)"),
+                 ("audio_gain", "audio_gain_lower", "audio-dependent gain (≥ 0.05)"),
+                 ("skip_rate", None, "skip rate, examples with a clip ([0.40, 0.70])"),
+                 ("irrelevant_flip_rate", "irrelevant_flip_rate_upper", "answers changed by an irrelevant clip (≤ 0.01)"))
+EXTRA_ROWS = (("skip_rate_all", "skip rate, all examples"), ("audio_needed_skip_rate", "audio-dependent questions skipped"),
+              ("oracle_gap", "oracle gap (oracle − deployed accuracy)"),
+              ("forced_flip_rate_distractor", "VL answers changed, budget forced on, distractor clip"),
+              ("forced_flip_rate_silent", "VL answers changed, budget forced on, silent clip"),
+              ("forced_flip_rate_swapped", "VL answers changed, budget forced on, another example's clip"),
+              ("vl_acc_base", "base VL accuracy, VL-only questions"),
+              ("audio_acc_safe", "SAFE accuracy, audio-dependent questions"))
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and value != value) else f"{value:.4f}"
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return (out.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def run_section(profile: str) -> list[str]:
+    metrics = json.loads((EVAL / "metrics.json").read_text())
+    promotion = json.loads((EVAL / "promotion.json").read_text())
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime((EVAL / "metrics.json").stat().st_mtime))
+    lines = [f"## Last `dvc repro` of this checkout ({profile} profile)", "",
+             f"Commit {_commit()}, machine {platform.node()} ({os.cpu_count()} cores, {platform.machine()}), "
+             f"evaluated {stamp}; {metrics['n_test']} test examples. Decision: **{promotion['decision']}** "
+             f"(v{promotion['version']}" + (f", failed: {', '.join(promotion['failed'])}" if promotion["failed"] else "")
+             + ").", "", "| criterion | value | 95% bound | n | passed |", "| --- | --- | --- | --- | --- |"]
+    for name, bound, label in CRITERIA_ROWS:
+        c = promotion["criteria"][name]
+        lines.append(f"| {label} | {_fmt(metrics.get(name))} | {_fmt(metrics.get(bound)) if bound else '—'} | "
+                     f"{c.get('n', 'n/a')} | {'yes' if c['passed'] else 'no'} |")
+    lines += ["", "| other measure | value |", "| --- | --- |"]
+    lines += [f"| {label} | {_fmt(metrics.get(key))} |" for key, label in EXTRA_ROWS]
+    lines += ["", "| latency per example (ms) | median | mean | p90 |", "| --- | --- | --- | --- |"]
+    for label, path in (("deployed gate", "policy"), ("always audio", "always_audio"), ("base VL", "base")):
+        lines.append(f"| {label} | " + " | ".join(_fmt(metrics.get(f"latency_ms_{path}{s}")) for s in ("", "_mean", "_p90"))
+                     + " |")
+    stage_files = sorted(METRICS.glob("*.json"))
+    if stage_files:
+        lines += ["", "Stage metrics of that run: " + ", ".join(f"`{p.as_posix()}`" for p in stage_files) + "."]
+    return lines
+
+
+def seeds_section() -> list[str]:
+    if not SEEDS.is_file():
+        return ["## Across seeds", "", "`benchmarks/bench_seeds.py` has not been run in this checkout."]
+    newest: dict[str, dict] = {}
+    for line in SEEDS.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            newest[record["profile"]] = record
+    lines = ["## Across seeds (`benchmarks/bench_seeds.py`: Stage A → promote retrained per seed)"]
+    for profile, record in sorted(newest.items()):
+        runs = record["runs"]
+        passed = sum(r["decision"] == "champion" for r in runs)
+        lines += ["", f"{profile} profile, commit {record['commit']}, {record['machine']}, {record['date']}: "
+                      f"**{passed} of {len(runs)} seeds promoted**.", "",
+                  "| seed | retention drop (bound) | audio gain (bound) | skip rate | flips (bound) | decision |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in runs:
+            m = r["metrics"]
+            lines.append(f"| {r['seed']} | {_fmt(m['retention_drop'])} ({_fmt(m.get('retention_drop_upper'))}) | "
+                         f"{_fmt(m['audio_gain'])} ({_fmt(m.get('audio_gain_lower'))}) | {_fmt(m['skip_rate'])} | "
+                         f"{_fmt(m['irrelevant_flip_rate'])} ({_fmt(m.get('irrelevant_flip_rate_upper'))}) | "
+                         f"{r['decision']} |")
+    return lines
+
+
+def main() -> None:
+    profile = config().profile
+    text = "\n".join(["# SAFE results", "", "Generated by `python -m pipelines.results` from the run's files; do not "
+                      "edit by hand.", "", *run_section(profile), "", *seeds_section(), ""])
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(OUT, text)
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()

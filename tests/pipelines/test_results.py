@@ -1,0 +1,47 @@
+"""pipelines/results.py writes docs/results.md from a run's files, never from numbers typed into it."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from pipelines import results
+from safe.eval.criteria import evaluate_criteria
+from safe.eval.metrics import compute_metrics
+from safe.tracking import PromotionResult
+
+
+def _table() -> pd.DataFrame:
+    rows = []
+    for i in range(40):
+        needs, has = i % 2 == 0, i % 4 != 1
+        rows.append({"id": f"q{i}", "family": "audio" if needs else "vl", "needs_audio": needs, "has_audio": has,
+                     "answer": "a", "pred_base": "b" if needs else "a", "pred_safe": "a", "budget": 4 if needs else 0,
+                     "pred_b0": "b" if needs else "a", "pred_b4": "a"})
+    return pd.DataFrame(rows)
+
+
+def test_results_md_reports_the_run_and_the_newest_seeds_record(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("profile: tiny\n")
+    metrics = compute_metrics(_table(), {"policy": [2.0, 4.0], "always_audio": [9.0], "base": [1.0]})
+    criteria = evaluate_criteria(metrics)
+    promotion = PromotionResult("rejected", "safe-audio-vl", "3", criteria, ("skip_rate",)).to_json()
+    (tmp_path / "data/eval").mkdir(parents=True)
+    (tmp_path / "data/eval/metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "data/eval/promotion.json").write_text(json.dumps(promotion))
+    (tmp_path / "benchmarks").mkdir()
+    seed_run = {"seed": 0, "decision": "champion", "metrics": metrics}
+    records = [{"profile": "tiny", "commit": "old", "machine": "m", "date": "d1", "runs": [seed_run]},
+               {"profile": "tiny", "commit": "new", "machine": "m", "date": "d2",
+                "runs": [seed_run, {**seed_run, "seed": 1, "decision": "rejected"}]}]
+    (tmp_path / "benchmarks/results_seeds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    results.main()
+
+    text = (tmp_path / "docs/results.md").read_text()
+    assert "Decision: **rejected** (v3, failed: skip_rate)" in text
+    assert f"| {metrics['audio_gain']:.4f} | {metrics['audio_gain_lower']:.4f} | {metrics['n_audio']} | yes |" in text
+    assert "commit new" in text and "**1 of 2 seeds promoted**" in text and "commit old" not in text
+    assert f"| deployed gate | {metrics['latency_ms_policy']:.4f} |" in text
