@@ -16,6 +16,7 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
+from pipelines.code_deps import import_closure, stage_module  # noqa: E402
 from safe.config import SafeConfig, load_config, stage_params  # noqa: E402
 
 PARAMS = Path("params.yaml")
@@ -39,12 +40,9 @@ def config() -> SafeConfig:
 
 
 def stage_code(stage: str) -> list[Path]:
-    """The Python files dvc.yaml lists as `stage`'s dependencies: what a resumable run's checkpoint key must include,
-    so a checkpoint written by other code is never resumed (DVC reruns the stage when they change)."""
-    stages = (yaml.safe_load(Path("dvc.yaml").read_text()) or {}).get("stages") or {}
-    if stage not in stages:
-        raise KeyError(f"dvc.yaml has no stage {stage!r}")
-    return [Path(d) for d in stages[stage].get("deps", []) if str(d).endswith(".py")]
+    """The Python files `stage`'s entry module can import: what a resumable run's checkpoint key must include, so a
+    checkpoint written by other code is never resumed (tests/pipelines/test_dvc_deps.py keeps dvc.yaml's deps in step)."""
+    return import_closure(stage_module(stage))
 
 
 def base_vl_source(cfg: SafeConfig) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from pipelines.common import EVAL, MANIFEST, SAFE_BUNDLE, config
-from pipelines.evaluate import thresholds
 from safe.data.fingerprint import split_fingerprint
 from safe.data.manifest import read_manifest
+from safe.eval.criteria import Thresholds
 from safe.io import write_json_atomic
 from safe.tracking import promote
 
@@ -18,7 +18,7 @@ def main() -> None:
     # Champions are compared only within one profile and one test set (the registry holds every profile's versions).
     lineage = {"safe.profile": cfg.profile,
                "safe.test_set": split_fingerprint(read_manifest(MANIFEST, on_error=cfg.data.on_error), "test")}
-    result = promote(SAFE_BUNDLE, metrics, thresholds(cfg), model_name=cfg.promote.model_name,
+    result = promote(SAFE_BUNDLE, metrics, Thresholds.from_config(cfg.promote), model_name=cfg.promote.model_name,
                      extra_artifacts=[EVAL / "report.md", EVAL / "MODEL_CARD.md"], lineage=lineage)
     write_json_atomic(EVAL / "promotion.json", result.to_json())
     # `failed` names the failed criteria, or "worse_than_champion" when all pass but the champion stays better.
