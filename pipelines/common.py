@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import yaml
 
@@ -17,7 +20,7 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 
 from pipelines.code_deps import import_closure, stage_module  # noqa: E402
-from safe.config import SafeConfig, load_config, stage_params  # noqa: E402
+from safe.config import ConfigError, SafeConfig, load_config, stage_params  # noqa: E402
 
 PARAMS = Path("params.yaml")
 DATA = Path("data")
@@ -71,8 +74,50 @@ def tracked_stage(stage: str, cfg: SafeConfig, *sections: str) -> Iterator[objec
     if is_launched() and not process_state().is_main_process:
         yield WorkerTracker()
         return
-    with stage_run(stage, params=stage_params(cfg, *sections), tags={"profile": cfg.profile}) as tracker:
+    with stage_run(stage, params=stage_params(cfg, *sections), tags={"profile": cfg.profile},
+                   experiment=dvc_experiment(cfg)) as tracker:
         yield tracker
+
+
+def dvc_experiment(cfg: SafeConfig):
+    """The DVC experiment this stage runs in, as a `safe.tracking.DvcExperiment`; None outside `dvc exp run`.
+
+    DVC sets DVC_EXP_NAME and DVC_EXP_BASELINE_REV for every stage of `dvc exp run`, in the workspace and in a
+    queue's temp folder alike (a plain `dvc repro` sets neither).
+    """
+    from safe.tracking import DvcExperiment
+
+    name = os.environ.get("DVC_EXP_NAME")
+    if not name:
+        return None
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV", "")
+    return DvcExperiment(name, baseline, params_diff(cfg, baseline) if baseline else None)
+
+
+def params_diff(cfg: SafeConfig, baseline_rev: str) -> dict[str, Any] | None:
+    """{"section.key": value} of every param whose effective value (profile defaults applied) differs from the one
+    params.yaml gives at git commit `baseline_rev`; None when that file cannot be read there."""
+    shown = subprocess.run(["git", "show", f"{baseline_rev}:{PARAMS.as_posix()}"], capture_output=True, text=True)
+    if shown.returncode != 0:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "params.yaml").write_text(shown.stdout)
+        try:
+            baseline = _flat(load_config(Path(tmp) / "params.yaml").to_dict())
+        except ConfigError:
+            return None
+    current = _flat(dataclasses.asdict(cfg))
+    return {key: value for key, value in current.items() if baseline.get(key, object()) != value}
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
 
 
 def launch_processes(module: str, cfg: SafeConfig) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pipelines.common import EVAL, MANIFEST, SAFE_BUNDLE, config
+from pipelines.common import EVAL, MANIFEST, SAFE_BUNDLE, config, dvc_experiment
 from safe.data.fingerprint import split_fingerprint
 from safe.data.manifest import read_manifest
 from safe.eval.criteria import Thresholds
@@ -19,7 +19,8 @@ def main() -> None:
     lineage = {"safe.profile": cfg.profile,
                "safe.test_set": split_fingerprint(read_manifest(MANIFEST, on_error=cfg.data.on_error), "test")}
     result = promote(SAFE_BUNDLE, metrics, Thresholds.from_config(cfg.promote), model_name=cfg.promote.model_name,
-                     extra_artifacts=[EVAL / "report.md", EVAL / "MODEL_CARD.md"], lineage=lineage)
+                     extra_artifacts=[EVAL / "report.md", EVAL / "MODEL_CARD.md"], lineage=lineage,
+                     experiment=dvc_experiment(cfg))
     write_json_atomic(EVAL / "promotion.json", result.to_json())
     # `failed` names the failed criteria, or "worse_than_champion" when all pass but the champion stays better.
     print(f"promote: {result.model_name} v{result.version} -> {result.decision}"

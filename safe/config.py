@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 from safe.eval.criteria import Thresholds
 
@@ -138,6 +138,8 @@ class AccelerateConfig:
     """Optimizer steps every N batches (effective batch = N x batch_size)."""
 
     def __post_init__(self) -> None:
+        if self.mixed_precision is False:  # an unquoted `no` (as DVC writes it) parsed by a YAML 1.1 reader
+            object.__setattr__(self, "mixed_precision", "no")
         _check(self.num_processes >= 1, f"accelerate.num_processes must be >= 1, got {self.num_processes}")
         _check(self.mixed_precision in ("no", "bf16", "fp16"),
                f"accelerate.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
@@ -408,8 +410,9 @@ def load_config(path: str | Path = "params.yaml") -> SafeConfig:
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
     try:
-        params = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        # YAML 1.2, as DVC reads and rewrites it (`dvc exp run -S`); 1.1 reads `no` as false and `1e-05` as text
+        params = YAML(typ="safe", pure=True).load(path.read_text()) or {}
+    except YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
     if not isinstance(params, Mapping):
         raise ConfigError(f"{path}: top level must be a mapping")

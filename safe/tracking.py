@@ -5,7 +5,8 @@ stages get a `StageTracker` (it satisfies the training code's `log_metrics(metri
 promote stage gets a `PromotionResult`, the CLI gets a bundle folder from `download_bundle`.
 
 Store: env MLFLOW_TRACKING_URI when set, else SQLite at `<project>/mlruns/mlflow.db` with artifacts under
-`<project>/mlruns/artifacts` (`<project>` = env SAFE_PROJECT_DIR or the working directory). No server is needed.
+`<project>/mlruns/artifacts` (`<project>` = env SAFE_PROJECT_DIR, else the DVC project root DVC passes its stages in
+DVC_ROOT, else the working directory). No server is needed.
 
 Grouping: the Prefect flow creates the parent run and hands its id to `dvc repro` via env SAFE_MLFLOW_PARENT_RUN_ID.
 A bare `dvc repro` has no such id; then the parent is found (or created) by the tag `safe.execution`, a hash of the git
@@ -15,6 +16,10 @@ DVC hashes: a stage run is tagged `dvc.<stage>.<path>` = md5 from dvc.lock. DVC 
 succeeds, so at stage start those are the hashes of the previous successful run (`dvc.lock_state=before_run`);
 `refresh_dvc_tags` (called at the start of every later stage and at the end of the flow) replaces them with the
 hashes DVC recorded for this run (`dvc.lock_state=after_run`).
+
+DVC experiments: under `dvc exp run` (in the workspace or a queue's temp folder) the parent run is named after the
+experiment and it, its stage runs and any model version it registers carry the `dvc.exp_*` tags of `DvcExperiment`:
+the experiment name, its baseline commit and the params that differ from the baseline.
 """
 
 from __future__ import annotations
@@ -59,6 +64,10 @@ STAGE_TAG = "safe.stage"
 METRIC_TAG_PREFIX = "metric."  # model-version tags holding the metrics the version was promoted with
 LINEAGE_KEYS = ("safe.profile", "safe.test_set")  # versions are compared only when these tags are equal
 ALIAS_LOG_PREFIX = "safe.alias_move."  # registered-model tags: one JSON record per alias move, numbered
+EXP_NAME_TAG = "dvc.exp_name"
+EXP_BASELINE_TAG = "dvc.exp_baseline_rev"
+EXP_PARAMS_TAG = "dvc.exp_params"  # "stage_b.alpha=0.2, ...": every param that differs from the baseline commit
+EXP_PARAM_TAG_PREFIX = "dvc.exp_param."  # one tag per differing param, to filter or sort a sweep by its value
 
 
 class TrackingError(RuntimeError):
@@ -68,14 +77,22 @@ class TrackingError(RuntimeError):
 # ---------------------------------------------------------------- store, experiment, project facts
 
 def project_dir() -> Path:
+    """The checkout whose params, dvc.lock and commit a run records: env SAFE_PROJECT_DIR or the working directory."""
     return Path(os.environ.get(PROJECT_ENV) or os.getcwd()).resolve()
+
+
+def store_dir() -> Path:
+    """The project that holds the MLflow store: env SAFE_PROJECT_DIR, else env DVC_ROOT (a queued DVC experiment runs
+    in a temp copy, but DVC points DVC_ROOT at the project, so the sweep's runs land in the project's store), else the
+    working directory."""
+    return Path(os.environ.get(PROJECT_ENV) or os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
 def tracking_uri(project: Path | None = None) -> str:
     """env MLFLOW_TRACKING_URI, else the project's SQLite store (created on first use)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    root = Path(project or project_dir()).resolve() / "mlruns"
+    root = Path(project or store_dir()).resolve() / "mlruns"
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
 
@@ -174,6 +191,32 @@ def _number(name: str, value: Any) -> float:
         raise TypeError(f"metric {name!r} must be a number, got {type(value).__name__} {value!r}") from None
 
 
+# ---------------------------------------------------------------- DVC experiments
+
+@dataclass(frozen=True)
+class DvcExperiment:
+    """The DVC experiment a pipeline run belongs to (`dvc exp run`, queued or not)."""
+
+    name: str
+    baseline_rev: str
+    params_diff: Mapping[str, Any] | None
+    """{"section.key": value in this experiment} for every param that differs from the baseline commit's;
+    None when the baseline's params could not be read."""
+
+    def tags(self) -> dict[str, str]:
+        tags = {EXP_NAME_TAG: self.name, EXP_BASELINE_TAG: self.baseline_rev}
+        if self.params_diff is not None:
+            tags[EXP_PARAMS_TAG] = ", ".join(f"{k}={v}" for k, v in sorted(self.params_diff.items())) or "none"
+            tags.update({f"{EXP_PARAM_TAG_PREFIX}{k}": str(v) for k, v in self.params_diff.items()})
+        return {k: v[:5000] for k, v in tags.items()}
+
+    def description(self) -> str:
+        """One line for a model version registered from this experiment."""
+        changed = self.tags().get(EXP_PARAMS_TAG, "unknown")
+        return (f"Registered from DVC experiment {self.name} (baseline {self.baseline_rev[:7]}; "
+                f"params changed: {changed}).")
+
+
 # ---------------------------------------------------------------- runs
 
 @dataclass
@@ -230,22 +273,30 @@ def end_pipeline_run(run_id: str, status: str = "FINISHED", project: Path | None
     client(project).set_terminated(run_id, status)
 
 
-def parent_run_id(mlf: MlflowClient | None = None) -> str:
-    """The parent of the stage runs: env SAFE_MLFLOW_PARENT_RUN_ID, else found or created by execution tag."""
+def parent_run_id(mlf: MlflowClient | None = None, experiment: DvcExperiment | None = None) -> str:
+    """The parent of the stage runs: env SAFE_MLFLOW_PARENT_RUN_ID, else found or created by execution tag.
+    Under a DVC experiment the parent is named after it and carries its tags."""
     mlf = mlf or client()
+    exp_tags = experiment.tags() if experiment else {}
     if os.environ.get(PARENT_ENV):
         run_id = os.environ[PARENT_ENV]
         try:
             mlf.get_run(run_id)
         except MlflowException as exc:
             raise TrackingError(f"{PARENT_ENV}={run_id} is not a run in {mlf.tracking_uri}: {exc}") from exc
+        if exp_tags:
+            mlf.log_batch(run_id, tags=[RunTag(k, v) for k, v in exp_tags.items()])
         return run_id
     execution = execution_id()
     found = mlf.search_runs([experiment_id(mlf)], max_results=1, order_by=["attributes.start_time DESC"],
                             filter_string=f"tags.`{EXECUTION_TAG}` = '{execution}' and tags.`{ROLE_TAG}` = 'pipeline'")
     if found:
+        if exp_tags:  # e.g. the same params run again as another experiment: the latest name wins
+            mlf.log_batch(found[0].info.run_id, tags=[RunTag(k, v) for k, v in exp_tags.items()])
         return found[0].info.run_id
-    run_id = start_pipeline_run(tags={"safe.started_by": "dvc repro"})
+    started_by = "dvc exp run" if experiment else "dvc repro"
+    run_id = start_pipeline_run(name=f"exp {experiment.name}" if experiment else None,
+                                tags={"safe.started_by": started_by, **exp_tags})
     mlf.set_terminated(run_id, "FINISHED")  # stage runs extend it; nothing keeps it open between processes
     return run_id
 
@@ -277,18 +328,20 @@ def refresh_dvc_tags(parent_id: str, mlf: MlflowClient | None = None, project: P
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Mapping[str, Any] | None = None,
-              tags: Mapping[str, Any] | None = None) -> Iterator[StageTracker]:
-    """A run named `stage`, nested under the pipeline's parent run; FAILED when the block raises (or exits non-0)."""
+def stage_run(stage: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
+              experiment: DvcExperiment | None = None) -> Iterator[StageTracker]:
+    """A run named `stage`, nested under the pipeline's parent run; FAILED when the block raises (or exits non-0).
+    `experiment`: the DVC experiment this runs in (its tags go on the stage run and the parent)."""
     mlf = client()
     project = project_dir()
-    parent = parent_run_id(mlf)
+    parent = parent_run_id(mlf, experiment)
     with contextlib.suppress(MlflowException):
         refresh_dvc_tags(parent, mlf)  # earlier stages of this execution are in dvc.lock by now
     lock_tags = dvc_lock_tags(stage, project)
     run_tags = {MLFLOW_PARENT_RUN_ID: parent, ROLE_TAG: "stage", STAGE_TAG: stage,
                 "git.commit": git_commit(project), "profile": _profile(project), **lock_tags,
                 **({"dvc.lock_state": "before_run"} if lock_tags else {}),
+                **(experiment.tags() if experiment else {}),
                 **{k: str(v) for k, v in (tags or {}).items()}}
     run = mlf.create_run(mlf.get_run(parent).info.experiment_id, run_name=stage, tags=run_tags)
     tracker = StageTracker(run.info.run_id, mlf)
@@ -458,13 +511,15 @@ def _user() -> str:
 
 
 def promote(model_dir: str | Path, metrics: Mapping[str, Any], thresholds, extra_artifacts=None,
-            model_name: str = MODEL_NAME, lineage: Mapping[str, str] | None = None) -> PromotionResult:
+            model_name: str = MODEL_NAME, lineage: Mapping[str, str] | None = None,
+            experiment: DvcExperiment | None = None) -> PromotionResult:
     """Log `model_dir` as a pyfunc model, register it, and alias it `champion` only if it earns it.
 
     Champion = every success criterion passes AND `is_not_worse` than the current champion's metrics, when that
     champion shares this version's profile and test set (`lineage`: `safe.profile`, `safe.test_set`, plus
     `safe.git_commit`, all set as version tags). Otherwise the new version gets the `challenger` alias and a
     `failed_criteria` tag; the champion alias is left untouched. Every alias move is recorded (`alias_history`).
+    A version registered from a DVC experiment carries its `dvc.exp_*` tags and says so in its description.
     """
     from safe.eval.criteria import all_passed, evaluate_criteria, failed_criteria, is_not_worse
 
@@ -482,7 +537,7 @@ def promote(model_dir: str | Path, metrics: Mapping[str, Any], thresholds, extra
     if not failed and not is_not_worse(numeric, champion_metrics):
         failed = ["worse_than_champion"]
     passed = not failed and all_passed(criteria)
-    with stage_run("promote", tags={"safe.model_name": model_name}) as tracker:
+    with stage_run("promote", tags={"safe.model_name": model_name}, experiment=experiment) as tracker:
         tracker.log_metrics(numeric)
         tracker.log_text(json.dumps(criteria, indent=2, default=str), "criteria.json")
         for path in extra_artifacts or []:
@@ -501,6 +556,10 @@ def promote(model_dir: str | Path, metrics: Mapping[str, Any], thresholds, extra
         mlf.set_model_version_tag(model_name, version, "criteria_passed", str(passed).lower())
         for key, value in lineage.items():
             mlf.set_model_version_tag(model_name, version, key, value)
+        if experiment:
+            for key, value in experiment.tags().items():
+                mlf.set_model_version_tag(model_name, version, key, value)
+            mlf.update_model_version(model_name, version, description=experiment.description())
         if passed:
             move_alias(mlf, model_name, CHAMPION, version, "all criteria passed; " + compared_with["reason"],
                        tracker.run_id)

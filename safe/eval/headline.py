@@ -1,0 +1,27 @@
+"""The headline metrics (data/eval/headline.json): the one metrics file dvc.yaml declares, so `dvc exp show` and
+`dvc metrics show` print the success criteria and a few numbers instead of every stage's metrics.
+
+Key order is column order in `dvc exp show`, which collapses columns from the right when the terminal is narrow:
+the verdict first, then the four criteria's values, then the accuracies. The full set stays in metrics.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from safe.eval.criteria import CRITERIA, all_passed, failed_criteria
+
+ACCURACIES = ("audio_acc_safe", "vl_acc_safe")
+
+
+def headline_metrics(metrics: Mapping[str, Any], criteria: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """{passed, failed, <criterion>: value for each criterion, audio_acc_safe, vl_acc_safe}.
+
+    `failed` names the failed criteria ("none" when all pass): `dvc exp show` cannot colour a verdict per criterion,
+    and four more boolean columns would not fit a terminal.
+    """
+    missing = [name for name in (*CRITERIA, *ACCURACIES) if name not in metrics]
+    if missing:
+        raise KeyError(f"metrics lack {missing} needed by the headline metrics")
+    return {"passed": all_passed(criteria), "failed": ",".join(failed_criteria(criteria)) or "none",
+            **{name: metrics[name] for name in CRITERIA}, **{name: metrics[name] for name in ACCURACIES}}
