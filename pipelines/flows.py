@@ -6,7 +6,8 @@ stage's output, retries and duration show up in Prefect. One MLflow parent run c
 the stage processes through env SAFE_MLFLOW_PARENT_RUN_ID, so every stage run nests under it.
 
     python -m pipelines.flows run [--project-dir .] [--stages a,b] [--force]
-    python -m pipelines.flows schedule --cron "0 3 * * *" [--name safe-nightly] [--register-only]
+    python -m pipelines.flows schedule --cron "0 3 * * *" [--name safe-nightly] [--project-dir .]
+                                       [--register-only] [--work-pool POOL]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
                      "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -30,22 +31,55 @@ for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED":
 import yaml  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
+from prefect.states import Completed  # noqa: E402
+from prefect.types.entrypoint import EntrypointType  # noqa: E402
 
 from safe import tracking  # noqa: E402
+from safe.config import ConfigError, load_config  # noqa: E402
 
-DEFAULT_STAGES: tuple[str, ...] | None = None
-"""None = every stage of dvc.yaml, in the file's order."""
 PROMOTION = Path("data") / "eval" / "promotion.json"
+DATA_CHECK_STAGES = ("prepare_data",)
+"""Stages whose GX data checks gate the DAG: run as the flow's `data-checks` task, never retried."""
+STAGE_RETRIES = 1
+STAGE_RETRY_DELAY_S = 30
+"""A stage that failed for a reason that may pass (a held DVC lock, memory) is retried once, after this delay."""
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+"""Deployment concurrency: a run that starts while another runs waits (AwaitingConcurrencySlot), then runs."""
 _RAN = re.compile(r"Running stage '([^']+)'")
+_CHECKS_FAILED = re.compile(r"error: (data|feature) checks failed")  # what pipelines.common.fail prints for GX
+_BAD_PARAMS = re.compile(r"\bConfigError\b")
 
 
 class StageFailed(RuntimeError):
     """`dvc repro <stage>` exited non-zero; the message ends with the last lines it printed."""
 
+    healable = True
+
     def __init__(self, stage: str, returncode: int, tail: str):
         super().__init__(f"stage {stage!r} failed (dvc exit code {returncode}); last output:\n{tail}")
         self.stage, self.returncode, self.tail = stage, returncode, tail
+
+
+class DataCheckFailed(StageFailed):
+    """A GX check in the stage refused the data: the same inputs fail the same way, so it is not retried."""
+
+    healable = False
+
+    def __init__(self, stage: str, returncode: int, tail: str):
+        RuntimeError.__init__(self, f"data checks failed in stage {stage!r}; nothing was written. Report:\n{tail}")
+        self.stage, self.returncode, self.tail = stage, returncode, tail
+
+
+class BadParams(StageFailed):
+    """The stage refused params.yaml: retrying cannot fix the file."""
+
+    healable = False
+
+
+class ScheduleError(ValueError):
+    """A schedule request that cannot work (bad cron, no server, unknown work pool, not a project folder)."""
 
 
 def dvc_stages(project_dir: str | Path) -> list[str]:
@@ -69,8 +103,20 @@ def _stage_env(project: Path, parent_run_id: str) -> dict[str, str]:
     return env
 
 
-@task(retries=1, retry_delay_seconds=0, cache_policy=NO_CACHE, task_run_name="dvc-repro-{stage}")
-def run_stage(stage: str, project_dir: str, parent_run_id: str, force: bool = False) -> list[str]:
+def _retry_may_heal(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's retry_condition_fn signature)
+    """Prefect retries a failed stage only when the error may pass on its own (not a failed check or bad params)."""
+    try:
+        state.result()
+    except StageFailed as exc:
+        return exc.healable
+    except ConfigError:
+        return False
+    except Exception:  # noqa: BLE001 (anything else: unknown, worth one more try)
+        return True
+    return True
+
+
+def _repro(stage: str, project_dir: str, parent_run_id: str, force: bool) -> list[str]:
     """`dvc repro` one stage, streaming its output to the Prefect log; returns the stages DVC actually ran.
 
     Without force: `dvc repro <stage>` (upstream stages are checked and rerun only if stale). With force:
@@ -82,17 +128,43 @@ def run_stage(stage: str, project_dir: str, parent_run_id: str, force: bool = Fa
     project = Path(project_dir)
     proc = subprocess.Popen(command, cwd=project, env=_stage_env(project, parent_run_id), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
-    ran, tail = [], collections.deque(maxlen=80)
+    ran, tail, lines = [], collections.deque(maxlen=80), []
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip()
         logger.info("[%s] %s", stage, line)
         tail.append(line)
         ran += _RAN.findall(line)
+        if _CHECKS_FAILED.search(line) or lines:  # keep the whole GX report, however long
+            lines.append(line)
     returncode = proc.wait()
-    if returncode != 0:
-        raise StageFailed(stage, returncode, "\n".join(tail))
-    return ran
+    if returncode == 0:
+        return ran
+    if lines:
+        raise DataCheckFailed(stage, returncode, "\n".join(lines))
+    text = "\n".join(tail)
+    raise (BadParams if _BAD_PARAMS.search(text) else StageFailed)(stage, returncode, text)
+
+
+@task(name="check-params", retries=0, cache_policy=NO_CACHE, task_run_name="check-params")
+def check_params(project_dir: str) -> str:
+    """params.yaml loads and validates before any stage runs (a ConfigError names the key; never retried)."""
+    cfg = load_config(Path(project_dir) / "params.yaml")
+    get_run_logger().info("params.yaml: profile %s", cfg.profile)
+    return cfg.profile
+
+
+@task(name="data-checks", retries=0, cache_policy=NO_CACHE, task_run_name="data-checks-{stage}")
+def data_checks(stage: str, project_dir: str, parent_run_id: str, force: bool = False) -> list[str]:
+    """The stage that builds the data and runs the GX checks on it; a failed check fails this task, not retried."""
+    return _repro(stage, project_dir, parent_run_id, force)
+
+
+@task(name="dvc-repro", retries=STAGE_RETRIES, retry_delay_seconds=STAGE_RETRY_DELAY_S,
+      retry_condition_fn=_retry_may_heal, cache_policy=NO_CACHE, task_run_name="dvc-repro-{stage}")
+def run_stage(stage: str, project_dir: str, parent_run_id: str, force: bool = False) -> list[str]:
+    """`dvc repro` one stage (see _repro); retried after a delay unless the failure cannot heal."""
+    return _repro(stage, project_dir, parent_run_id, force)
 
 
 def read_outcome(project_dir: str | Path) -> dict[str, Any]:
@@ -110,10 +182,19 @@ def read_outcome(project_dir: str | Path) -> dict[str, Any]:
     return {"decision": promotion["decision"], "version": promotion["version"], "criteria": promotion["criteria"]}
 
 
+def outcome_message(outcome: dict[str, Any]) -> str:
+    """One line for the run's final state: the promotion decision, the failed criteria, what ran."""
+    failed = sorted(k for k, c in (outcome.get("criteria") or {}).items() if not c.get("passed"))
+    ran = ",".join(outcome["stages_run"]) or "none (all cached)"
+    return (f"decision={outcome['decision']} version={outcome['version']}"
+            f"{' failed=' + ','.join(failed) if failed else ''} stages_run={ran}")
+
+
+# Parameter annotations are builtins only: a deployment run validates parameters against them in a fresh process.
 @flow(name="safe-training")
-def training_flow(project_dir: str = ".", stages: Sequence[str] | None = DEFAULT_STAGES,
-                  force: bool = False) -> dict[str, Any]:
-    """Reproduce the DVC pipeline under one MLflow parent run; returns {decision, version, criteria, stages_run}.
+def training_flow(project_dir: str = ".", stages: list[str] | None = None, force: bool = False):
+    """Reproduce the DVC pipeline under one MLflow parent run; returns {decision, version, criteria, stages_run,
+    mlflow_run_id}, and the run's final state says the decision in its message.
 
     Stages run in the given order (default: dvc.yaml's). A failing stage stops the flow, so a failed data check in
     prepare_data stops it before any training, with DVC's output (the GX report) in the log.
@@ -125,14 +206,16 @@ def training_flow(project_dir: str = ".", stages: Sequence[str] | None = DEFAULT
     unknown = [s for s in names if s not in known]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {known}")
+    check_params(str(project))
     parent = tracking.start_pipeline_run(project=project, tags={
         "safe.started_by": "prefect", "prefect.flow_run_id": flow_run.id or "", "safe.force": str(force).lower()})
     logger.info("MLflow parent run %s in %s", parent, tracking.tracking_uri(project))
     stages_run: list[str] = []
     try:
         for i, stage in enumerate(names):
+            step = data_checks if stage in DATA_CHECK_STAGES else run_stage
             try:
-                ran = run_stage(stage, str(project), parent, force)
+                ran = step(stage, str(project), parent, force)
             except StageFailed as exc:
                 where = "before training: the data checks failed" if i == 0 else f"after {names[:i]}"
                 logger.error("stage %s failed; flow stopped %s. Last output:\n%s", stage, where, exc.tail)
@@ -147,34 +230,120 @@ def training_flow(project_dir: str = ".", stages: Sequence[str] | None = DEFAULT
     mlf.set_tag(parent, "safe.decision", str(outcome["decision"]))
     mlf.set_tag(parent, "safe.stages_run", ",".join(stages_run) or "(none: all cached)")
     tracking.end_pipeline_run(parent, "FINISHED", project)
-    logger.info("decision=%s version=%s stages_run=%s", outcome["decision"], outcome["version"], stages_run)
-    return outcome
+    message = outcome_message(outcome)
+    logger.info(message)
+    return Completed(message=message, data=outcome)
 
 
 # ---------------------------------------------------------------- scheduling
 
+DESCRIPTION = "SAFE: dvc repro under one MLflow parent run, then gated promotion in the MLflow registry"
+
+
+def _deployment_kwargs(cron: str, project_dir: str | Path) -> dict[str, Any]:
+    """What the served and the work-pool deployment share. The entrypoint is the module path, so any process with
+    SAFE installed loads the flow the way Python imports it, whatever its working folder."""
+    return dict(cron=cron, parameters={"project_dir": str(Path(project_dir).resolve())}, description=DESCRIPTION,
+                entrypoint_type=EntrypointType.MODULE_PATH)
+
+
 def register_deployment(name: str, cron: str, project_dir: str = ".", work_pool: str | None = None) -> str:
     """Create/update the scheduled deployment on the Prefect API in use; returns its id. Does not serve it:
-    runs execute where `schedule` (without --register-only) serves the flow, or on `work_pool`'s workers."""
-    deployment = training_flow.to_deployment(name=name, cron=cron, work_pool_name=work_pool,
-                                             parameters={"project_dir": str(Path(project_dir).resolve())},
-                                             description="SAFE: dvc repro under one MLflow parent run, then gated "
-                                                         "promotion in the MLflow registry")
+    runs execute where `schedule` (without a work pool) serves the flow, or on `work_pool`'s workers."""
+    deployment = training_flow.to_deployment(name=name, work_pool_name=work_pool, concurrency_limit=ONE_AT_A_TIME,
+                                             **_deployment_kwargs(cron, project_dir))
     return str(deployment.apply())
 
 
 def serve(name: str, cron: str, project_dir: str = ".") -> None:
-    """Register the scheduled deployment and serve it (blocks; Ctrl-C stops serving)."""
-    training_flow.serve(name=name, cron=cron, parameters={"project_dir": str(Path(project_dir).resolve())})
+    """Register the scheduled deployment and serve it (blocks; Ctrl-C stops serving and pauses the schedule)."""
+    training_flow.serve(name=name, global_limit=ONE_AT_A_TIME, **_deployment_kwargs(cron, project_dir))
 
 
-def _api_url() -> str | None:
+def check_cron(cron: str) -> None:
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    try:
+        CronSchedule(cron=cron)
+    except ValidationError:
+        raise ScheduleError(f"--cron {cron!r} is not a valid cron expression; give 5 fields "
+                            "(minute hour day-of-month month day-of-week), e.g. --cron '0 3 * * *'") from None
+
+
+def check_project(project_dir: str | Path) -> Path:
+    """The folder the deployment will run `dvc repro` in: it must hold the project's dvc.yaml and params.yaml."""
+    project = Path(project_dir).resolve()
+    if not project.is_dir():
+        raise ScheduleError(f"--project-dir {project_dir} ({project}) is not a folder")
+    for name in ("dvc.yaml", "params.yaml"):
+        if not (project / name).is_file():
+            raise ScheduleError(f"{project} holds no {name}: it is not a SAFE project folder; run from the project "
+                                "folder or pass --project-dir PATH")
+    try:
+        dvc_stages(project)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ScheduleError(f"{project / 'dvc.yaml'}: {str(exc).splitlines()[0]}") from None
+    return project
+
+
+START_SERVER = ("start one with `prefect server start --host 127.0.0.1` and set "
+                "PREFECT_API_URL=http://127.0.0.1:4200/api in the shell that runs `safe schedule`")
+
+
+def check_api() -> str:
+    """The Prefect API URL, refusing the ephemeral API (it ends with this process, so a schedule would never fire)
+    and a server that does not answer."""
+    from prefect import get_client
     from prefect.settings import PREFECT_API_URL
 
-    return PREFECT_API_URL.value()
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise ScheduleError(f"no Prefect server: PREFECT_API_URL is not set, and a schedule on the temporary API "
+                            f"that ends with this command would never fire; {START_SERVER}")
+    with get_client(sync_client=True) as client:
+        failure = client.api_healthcheck()
+    if failure is not None:
+        raise ScheduleError(f"the Prefect server at PREFECT_API_URL={url} does not answer "
+                            f"({type(failure).__name__}); {START_SERVER}")
+    return url
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def check_work_pool(work_pool: str) -> None:
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(work_pool)
+        except ObjectNotFound:
+            raise ScheduleError(f"work pool {work_pool!r} not found on {client.api_url}; create it with "
+                                f"`prefect work-pool create {work_pool} --type process`, then start a worker "
+                                f"with `prefect worker start --pool {work_pool}`") from None
+
+
+def schedule(name: str, cron: str, project_dir: str = ".", register_only: bool = False,
+             work_pool: str | None = None) -> int:
+    """Check everything a schedule needs, then register it (a work pool's workers run it) or serve it here."""
+    check_cron(cron)
+    project = check_project(project_dir)
+    url = check_api()
+    if work_pool:
+        check_work_pool(work_pool)
+    if register_only or work_pool:
+        deployment_id = register_deployment(name, cron, project, work_pool)
+        runs_on = (f"work pool {work_pool!r} (its workers run it: `prefect worker start --pool {work_pool}`)"
+                   if work_pool else "no worker yet: serve it with `safe schedule` without --register-only")
+        print(f"registered deployment 'safe-training/{name}' ({deployment_id}) on {url}: cron {cron!r}, "
+              f"project {project}, one run at a time; runs on {runs_on}")
+        return 0
+    print(f"serving 'safe-training/{name}' (cron {cron!r}, project {project}, one run at a time) on {url}; "
+          "Ctrl-C stops serving and pauses the schedule", file=sys.stderr)
+    serve(name, cron, project)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.flows", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run the training flow now (ephemeral Prefect; no server needed)")
@@ -186,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--name", default="safe-nightly")
     p.add_argument("--project-dir", default=".")
     p.add_argument("--register-only", action="store_true", help="register the deployment and exit (no serving)")
-    p.add_argument("--work-pool", help="with --register-only: the work pool whose workers run it")
+    p.add_argument("--work-pool", help="register for this work pool: its workers run the flow (implies no serving)")
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -199,20 +368,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(json.dumps(outcome, indent=2))
         return 0
-    if not _api_url():
-        message = "no Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api after `prefect server start`)"
-        if args.register_only:
-            print(f"error: {message}", file=sys.stderr)
-            return 2
-        print(f"warning: {message}; serving against a temporary local API that ends with this process",
-              file=sys.stderr)
-    if args.register_only:
-        deployment_id = register_deployment(args.name, args.cron, args.project_dir, args.work_pool)
-        print(f"registered deployment 'safe-training/{args.name}' ({deployment_id}) cron={args.cron!r}")
-        return 0
-    serve(args.name, args.cron, args.project_dir)
-    return 0
+    try:
+        return schedule(args.name, args.cron, args.project_dir, args.register_only, args.work_pool)
+    except ScheduleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # through the importable module, so a deployment's entrypoint is pipelines.flows.training_flow, not __main__'s
+    from pipelines import flows
+
+    raise SystemExit(flows.main())

@@ -76,13 +76,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    """Create the scheduled Prefect deployment (runs pipelines.flows; the library never imports pipelines)."""
-    command = [sys.executable, "-m", "pipelines.flows", "schedule", "--cron", args.cron, "--name", args.name]
+    """Check, register and serve the scheduled Prefect deployment: pipelines.flows does it in a child process (the
+    library never imports pipelines) and prints its own one-line errors (exit 2)."""
+    command = [sys.executable, "-m", "pipelines.flows", "schedule", "--cron", args.cron, "--name", args.name,
+               "--project-dir", args.project_dir]
     if args.register_only:
         command.append("--register-only")
     if args.work_pool:
         command += ["--work-pool", args.work_pool]
-    return subprocess.call(command)
+    child = subprocess.Popen(command)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:  # Ctrl-C reaches the child too: it stops serving and pauses the schedule
+        return child.wait()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,11 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-examples", type=int, default=16)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("schedule", help="create the scheduled Prefect deployment of the training flow")
-    p.add_argument("--cron", default="0 3 * * *")
-    p.add_argument("--name", default="safe-nightly")
-    p.add_argument("--register-only", action="store_true", help="register the deployment and exit (no serving)")
-    p.add_argument("--work-pool", help="with --register-only: the Prefect work pool whose workers run the flow")
+    p = sub.add_parser("schedule", help="schedule the training flow on a Prefect server (PREFECT_API_URL) and serve it",
+                       description="Register the cron-scheduled deployment of the training flow (dvc repro of the "
+                                   "project, one run at a time) on the Prefect server in PREFECT_API_URL, then serve "
+                                   "it here until Ctrl-C, or leave it to a work pool's workers. Start a server with "
+                                   "`prefect server start --host 127.0.0.1`.")
+    p.add_argument("--cron", default="0 3 * * *", help="when to run, 5 cron fields (default: '0 3 * * *', 03:00 daily)")
+    p.add_argument("--name", default="safe-nightly", help="deployment name (default: safe-nightly)")
+    p.add_argument("--project-dir", default=".",
+                   help="the SAFE project folder (holds dvc.yaml and params.yaml) the runs execute in (default: .)")
+    p.add_argument("--register-only", action="store_true",
+                   help="register the deployment and exit, without serving it here")
+    p.add_argument("--work-pool", help="register for this Prefect work pool and exit: its workers "
+                                       "(`prefect worker start --pool NAME`) run the flow")
     p.set_defaults(func=cmd_schedule)
     return parser
 

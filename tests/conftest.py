@@ -1,16 +1,31 @@
-"""Shared fixtures: a tiny LLaVA built from config (CPU, seconds) and telemetry off for every test."""
+"""Shared fixtures: a tiny LLaVA built from config (CPU, seconds), telemetry off for every test, a tiny-profile copy
+of the repository, a real Prefect server, and the tiny DAG run through a served deployment on it."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from PIL import Image
 
 for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
                      "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DO_NOT_TRACK": "1",
                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}.items():
     os.environ.setdefault(_key, _value)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY_TEXTS = [
     "what color is the circle ?", "how many shapes are there ?", "how many beeps do you hear ?",
@@ -35,3 +50,179 @@ def tiny_batch(tiny_base):
     images = [Image.new("RGB", (32, 32), (255, 0, 0)), None, Image.new("RGB", (32, 32), (0, 0, 255))]
     questions = ["what color is the circle?", "how many beeps do you hear?", "how many shapes are there?"]
     return tiny_base.encode(questions, images, answers=["red", "two", "one"])
+
+
+def _copy_tiny_project(dst: Path) -> tuple[Path, dict]:
+    """A git repo at dst with the repository's tracked and new files, switched to the tiny profile, and the
+    environment to run its DAG in (its own code first on PYTHONPATH, its own Prefect home and caches)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dst / rel)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    params["profile"] = "tiny"
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "SAFE_"))}
+    env.update({
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "PREFECT_HOME": str(dst.parent / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING", "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
+        "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "SAFE_CACHE_DIR": str(dst.parent / "cache"),
+        "PYTHONPATH": str(dst), "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com",
+        "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.com",
+    })
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
+        result = subprocess.run(cmd, cwd=dst, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return dst, env
+
+
+@pytest.fixture(scope="session")
+def tiny_project_copy():
+    """Factory: tiny_project_copy(dst) -> (dst, env), a git copy of this repository set to `profile: tiny`."""
+    return _copy_tiny_project
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a process started with start_new_session=True, and its children (by its own group id)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+
+
+class PrefectServer:
+    """A `prefect server start` subprocess on 127.0.0.1 and a free port, with its own PREFECT_HOME."""
+
+    def __init__(self, home: Path):
+        self.home, self.port = home, free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.log = home / "server.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        self.env.update({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                         "PREFECT_UI_ENABLED": "false"})
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                 str(self.port)], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while not self._healthy():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"prefect server did not start:\n{self.log.read_text()[-4000:]}")
+            time.sleep(1)
+        self.env["PREFECT_API_URL"] = self.url
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    @contextlib.contextmanager
+    def client(self):
+        from prefect import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.url}), get_client(sync_client=True) as client:
+            yield client
+
+    def wait_for_run(self, run_id, timeout: float, process: subprocess.Popen | None = None, log: Path | None = None):
+        """The flow run once it reaches a final state; fails early if the process running it exits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.client() as client:
+                run = client.read_flow_run(run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+            if (process is not None and process.poll() is not None) or time.monotonic() > deadline:
+                tail = log.read_text()[-6000:] if log is not None and log.exists() else ""
+                raise AssertionError(f"flow run {run_id} not finished (state {run.state}):\n{tail}")
+            time.sleep(2)
+
+    def stop(self) -> None:
+        stop_process_group(self.proc)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real Prefect server for the session (started on first use, stopped by its process group at the end)."""
+    server = PrefectServer(tmp_path_factory.mktemp("prefect_server"))
+    yield server
+    server.stop()
+
+
+@dataclasses.dataclass
+class DeploymentRun:
+    state: Any  # the flow run's final state, as the server has it
+    states: list[str]  # the names of every state it went through
+    tasks: dict[str, str]  # task run name -> final state type
+    mlflow_parent: Any  # the MLflow parent run tagged with this flow run's id (None if none)
+
+
+@dataclasses.dataclass
+class TinyDeployment:
+    project: Path
+    env: dict
+    runs: list[DeploymentRun]
+
+
+@pytest.fixture(scope="session")
+def tiny_deployment(tmp_path_factory, tiny_project_copy, prefect_server) -> TinyDeployment:
+    """The tiny-profile DAG run the way a scheduled user runs it: `safe schedule` serves the deployment of a tiny
+    copy of the repository on a real Prefect server, and two runs are triggered one after the other. The one DAG run
+    of the suite: tests/integration/test_dag.py checks its outputs."""
+    from safe import tracking
+
+    dst, env = tiny_project_copy(tmp_path_factory.mktemp("safe") / "repo")
+    serve_env = {**env, "PREFECT_API_URL": prefect_server.url, "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+                 "PREFECT_LOGGING_LEVEL": "INFO"}
+    log = dst.parent / "serve.log"
+    with open(log, "w") as out:
+        serving = subprocess.Popen([str(Path(sys.executable).parent / "safe"), "schedule", "--project-dir", str(dst),
+                                    "--name", "tiny", "--cron", "0 3 * * *"], cwd=dst.parent, env=serve_env,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    runs = []
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with prefect_server.client() as client:
+                    deployment = client.read_deployment_by_name("safe-training/tiny")
+                break
+            except Exception:  # noqa: BLE001 (not registered yet)
+                if serving.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"`safe schedule` did not register the deployment:\n{log.read_text()[-6000:]}")
+                time.sleep(2)
+        for _ in range(2):
+            with prefect_server.client() as client:
+                run_id = client.create_flow_run_from_deployment(deployment.id).id
+            run = prefect_server.wait_for_run(run_id, timeout=1800, process=serving, log=log)
+            runs.append(_deployment_run(prefect_server, run, dst, tracking))
+    finally:
+        stop_process_group(serving)
+    return TinyDeployment(dst, env, runs)
+
+
+def _deployment_run(server: PrefectServer, run, project: Path, tracking) -> DeploymentRun:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with server.client() as client:
+        states = [s.name for s in client.read_flow_run_states(run.id)]
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    mlf = tracking.client(project)
+    parents = mlf.search_runs([tracking.experiment_id(mlf)], filter_string=f"tags.`prefect.flow_run_id` = '{run.id}'")
+    return DeploymentRun(run.state, states, {t.name: t.state.type.value for t in tasks}, parents[0] if parents else None)

@@ -1,4 +1,5 @@
-"""The whole DVC DAG on the tiny profile, through the Prefect training flow, in a temporary copy of the repo.
+"""The whole DVC DAG on the tiny profile, run by the served Prefect deployment (tests/conftest.py: tiny_deployment)
+in a temporary copy of the repo.
 
 Checks the outputs, the metrics' schema, the registry alias, and that a second `dvc repro` reruns nothing.
 Several minutes on 2 CPU cores: the one integration test of the suite.
@@ -7,8 +8,6 @@ Several minutes on 2 CPU cores: the one integration test of the suite.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from pipelines.flows import read_outcome
+
 METRIC_KEYS = {
     "vl_acc_base", "vl_acc_safe", "retention_drop", "audio_acc_base", "audio_acc_safe", "audio_gain", "skip_rate",
     "irrelevant_flip_rate", "mean_audio_tokens", "latency_ms_policy", "latency_ms_always_audio", "latency_ms_base",
@@ -34,37 +34,19 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> tuple[Path, dict]:
-    """A git + DVC copy of the repository's tracked and new files, switched to the tiny profile."""
-    dst = tmp_path_factory.mktemp("safe") / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dst / rel)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    params["profile"] = "tiny"
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "SAFE_"))}
-    env.update({
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "PREFECT_HOME": str(dst.parent / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING", "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
-        "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "SAFE_CACHE_DIR": str(dst.parent / "cache"),
-        "PYTHONPATH": str(dst), "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com",
-        "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.com",
-    })
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
-        _run(cmd, dst, env)
-    return dst, env
+def project(tiny_deployment) -> tuple[Path, dict]:
+    """The git + DVC copy of the repository, on the tiny profile, that the served deployment ran."""
+    return tiny_deployment.project, tiny_deployment.env
 
 
 @pytest.fixture(scope="module")
-def flow_outcome(project) -> dict:
-    dst, env = project
-    result = _run([sys.executable, "-m", "pipelines.flows", "run", "--project-dir", str(dst)], dst, env)
-    return json.loads(result.stdout[result.stdout.index("{"):])
+def flow_outcome(tiny_deployment) -> dict:
+    """What the first triggered run of the served deployment did, as its MLflow parent run and DVC outputs say."""
+    first = tiny_deployment.runs[0]
+    assert first.state.is_completed(), first.state
+    tags = first.mlflow_parent.data.tags
+    return {**read_outcome(tiny_deployment.project), "stages_run": tags["safe.stages_run"].split(","),
+            "mlflow_run_id": first.mlflow_parent.info.run_id}
 
 
 def test_flow_runs_every_stage_and_writes_the_outputs(project, flow_outcome):

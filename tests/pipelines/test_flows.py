@@ -14,23 +14,32 @@ import yaml
 
 from pipelines import flows
 from safe import tracking
+from safe.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # One stage tracks itself through safe.tracking (to check nesting under the flow's parent run); the others are plain.
 STAGE_SCRIPT = textwrap.dedent("""
-    import json, pathlib, sys
+    import json, pathlib, sys, time
     name = sys.argv[1]
     out = pathlib.Path("data")
     out.mkdir(exist_ok=True)
+    with open(f"{name}.attempts", "a") as f:
+        f.write(f"{time.time()}\\n")
     if name == "prepare_data":
-        with open("attempts.log", "a") as f:
-            f.write("x\\n")
-        if pathlib.Path("FAIL_CHECKS").exists():
-            print("GX report: expectation expect_column_values_to_not_be_null failed on column 'question'")
+        if pathlib.Path("FAIL_CHECKS").exists():  # what pipelines.common.fail prints when a GX check fails
+            print("error: data checks failed for manifest.jsonl; nothing was written.", file=sys.stderr)
+            print("| expect_column_values_to_not_be_null | question | 3 rows |", file=sys.stderr)
             sys.exit(1)
         (out / "prepared.txt").write_text("rows")
     elif name == "train":
+        if pathlib.Path("BAD_PARAMS").exists():
+            from safe.config import load_config
+            load_config("BAD_PARAMS")
+        flaky = pathlib.Path("FLAKY_ONCE")
+        if flaky.exists():
+            flaky.unlink()
+            sys.exit("killed (out of memory)")
         from safe.tracking import stage_run
         with stage_run("train", params={"lr": 0.1}) as tracker:
             tracker.log_metrics({"loss": 0.5}, step=1)
@@ -40,6 +49,13 @@ STAGE_SCRIPT = textwrap.dedent("""
         (out / "eval" / "promotion.json").write_text(json.dumps({"decision": "champion", "model_name": "m",
             "version": "3", "criteria": {"audio_gain": {"value": 0.1, "threshold": 0.05, "passed": True}}}))
 """)
+
+
+def attempts(project: Path, stage: str) -> list[float]:
+    """When the stage's command started, once per attempt."""
+    path = project / f"{stage}.attempts"
+    return [float(t) for t in path.read_text().split()] if path.exists() else []
+
 
 DVC_YAML = {"stages": {
     "prepare_data": {"cmd": "python stage.py prepare_data", "deps": ["stage.py"], "outs": ["data/prepared.txt"]},
@@ -76,7 +92,10 @@ def project(tmp_path, monkeypatch):
 
 
 def test_flow_runs_the_dag_nests_runs_and_then_reruns_nothing(prefect_api, project):
-    outcome = flows.training_flow(project_dir=str(project))
+    state = flows.training_flow(project_dir=str(project), return_state=True)
+    assert state.is_completed()
+    assert state.message == "decision=champion version=3 stages_run=prepare_data,train,promote"
+    outcome = state.result()
     assert outcome["stages_run"] == ["prepare_data", "train", "promote"]
     assert (outcome["decision"], outcome["version"]) == ("champion", "3")
     assert outcome["criteria"]["audio_gain"]["passed"] is True
@@ -93,19 +112,63 @@ def test_flow_runs_the_dag_nests_runs_and_then_reruns_nothing(prefect_api, proje
 
     again = flows.training_flow(project_dir=str(project))
     assert again["stages_run"] == [] and again["decision"] == "champion"
-    assert (project / "attempts.log").read_text().count("x") == 1  # DVC's cache kept prepare_data from running
+    assert len(attempts(project, "prepare_data")) == 1  # DVC's cache kept prepare_data from running
 
 
-def test_failing_first_stage_stops_the_flow_before_training(prefect_api, project):
+def _task_runs(flow_state) -> dict[str, tuple[str, str]]:
+    """{task run name: (state type, everything it logged)} of one flow run, read back from the Prefect API."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterTaskRunId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+        logs = client.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[r.id for r in runs])))
+    text = {r.id: "\n".join(log.message for log in logs if log.task_run_id == r.id) for r in runs}
+    return {r.name: (r.state.type.value, text[r.id]) for r in runs}
+
+
+def test_failed_data_check_fails_its_own_task_once_with_the_report_and_stops_before_training(prefect_api, project):
     (project / "FAIL_CHECKS").write_text("")
-    with pytest.raises(flows.StageFailed, match="GX report: expectation") as failure:
-        flows.training_flow(project_dir=str(project))
+    state = flows.training_flow(project_dir=str(project), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(flows.DataCheckFailed, match="expect_column_values_to_not_be_null") as failure:
+        state.result()
     assert failure.value.stage == "prepare_data"
-    assert (project / "attempts.log").read_text().count("x") == 2  # retried once, then stopped
+    assert len(attempts(project, "prepare_data")) == 1  # a failed check is not retried
+    tasks = _task_runs(state)
+    assert set(tasks) == {"check-params", "data-checks-prepare_data"}  # nothing after the data checks ran
+    status, log = tasks["data-checks-prepare_data"]
+    assert status == "FAILED" and "expect_column_values_to_not_be_null | question | 3 rows" in log
     assert not (project / "data" / "model.txt").exists() and not (project / "data" / "eval").exists()
     mlf = tracking.client(project)
     parents = mlf.search_runs([tracking.experiment_id(mlf)], filter_string="tags.`safe.role` = 'pipeline'")
     assert [p.info.status for p in parents] == ["FAILED"]
+
+
+def test_a_stage_that_may_heal_is_retried_once_after_the_delay(prefect_api, project, monkeypatch):
+    assert flows.run_stage.retries == 1 and flows.run_stage.retry_delay_seconds == flows.STAGE_RETRY_DELAY_S \
+        and flows.STAGE_RETRY_DELAY_S >= 10
+    monkeypatch.setattr(flows, "run_stage", flows.run_stage.with_options(retry_delay_seconds=3))
+    (project / "FLAKY_ONCE").write_text("")
+    outcome = flows.training_flow(project_dir=str(project))
+    assert outcome["stages_run"] == ["prepare_data", "train", "promote"]
+    first, second = attempts(project, "train")
+    assert second - first >= 3
+
+
+def test_a_stage_refusing_params_is_not_retried(prefect_api, project):
+    (project / "BAD_PARAMS").write_text("profile: tiny\nstage_a: {lr: 1}\n")
+    with pytest.raises(flows.BadParams, match="unknown key stage_a.lr"):
+        flows.training_flow(project_dir=str(project))
+    assert len(attempts(project, "train")) == 1
+
+
+def test_bad_params_stop_the_flow_before_any_stage_or_run(prefect_api, project):
+    (project / "params.yaml").write_text("profile: tiny\ntrain_steps: 3\n")
+    with pytest.raises(ConfigError, match="unknown top-level key 'train_steps'"):
+        flows.training_flow(project_dir=str(project))
+    assert attempts(project, "prepare_data") == []
+    assert not (project / "mlruns").exists()
 
 
 def test_unknown_stage_is_named(prefect_api, project):
@@ -113,7 +176,17 @@ def test_unknown_stage_is_named(prefect_api, project):
         flows.training_flow(project_dir=str(project), stages=["trian"])
 
 
-def test_register_deployment_creates_the_cron_schedule(prefect_api, project):
+@pytest.mark.parametrize("entrypoint", [f"{flows.__file__}:training_flow", "pipelines.flows.training_flow"])
+def test_a_deployment_run_validates_the_flow_parameters(entrypoint):
+    """A deployment run loads the flow from its entrypoint in a fresh process and validates its parameters."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    loaded = load_flow_from_entrypoint(entrypoint)
+    assert loaded.validate_parameters({"project_dir": "/p", "stages": ["train"], "force": "true"}) == {
+        "project_dir": "/p", "stages": ["train"], "force": True}
+
+
+def test_register_deployment_creates_the_cron_schedule_one_run_at_a_time(prefect_api, project):
     from prefect import get_client
 
     deployment_id = flows.register_deployment("safe-test", "0 3 * * *", str(project))
@@ -122,6 +195,9 @@ def test_register_deployment_creates_the_cron_schedule(prefect_api, project):
     assert deployment.name == "safe-test"
     assert deployment.parameters == {"project_dir": str(project.resolve())}
     assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
+    assert deployment.entrypoint == "pipelines.flows.training_flow"
+    assert deployment.global_concurrency_limit.limit == 1
+    assert deployment.concurrency_options.collision_strategy.value == "ENQUEUE"
 
 
 def test_read_outcome_checks_the_promotion_file(tmp_path):
