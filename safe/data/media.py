@@ -108,15 +108,16 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
         raise MediaError(f"{path}: {_unreadable_audio(path, sf_error, err)}") from None
 
 
-def _unreadable_audio(path: Path, sf_error: BaseException, other: BaseException) -> str:
+def _unreadable_audio(path: Path, sf_error: BaseException, other: BaseException,
+                      lead: str = "not a readable audio file") -> str:
     """Why neither soundfile nor audioread could read a file, in words (their own messages are often empty)."""
     with path.open("rb") as fh:
         head = fh.read(512)
     if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
         return "holds text, not audio (is it the right file?)"
-    detail = str(sf_error).split(": ", 1)[-1].strip() or type(sf_error).__name__
+    detail = str(sf_error).split("': ", 1)[-1].strip() or type(sf_error).__name__
     extra = f"; audioread: {type(other).__name__}" + (f" {other}" if str(other) else "")
-    return f"not a readable audio file ({detail}{extra}); expected WAV, FLAC, OGG or MP3"
+    return f"{lead} (soundfile: {detail}{extra}); expected WAV, FLAC, OGG or MP3"
 
 
 def _decode(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
@@ -137,7 +138,8 @@ def _decode(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
             warnings.simplefilter("ignore")  # librosa warns that it falls back to audioread
             wave, sr = librosa.load(str(path), sr=None, mono=False, duration=max_seconds, dtype=np.float32)
     except Exception as err:  # audioread raises many backend-specific types
-        raise MediaError(f"{path}: {_unreadable_audio(path, sf_error, err)}") from None
+        raise MediaError(f"{path}: {_unreadable_audio(path, sf_error, err, 'corrupt or unsupported audio file')}") \
+            from None
     wave = wave[:, None] if wave.ndim == 1 else wave.T  # librosa gives (C, T)
     return np.ascontiguousarray(wave, dtype=np.float32), int(sr)
 
