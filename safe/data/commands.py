@@ -94,10 +94,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         raise UserError("folder not found" if not args.media_root.exists() else "not a folder", path=args.media_root,
                         where="--media-root", fix="pass the folder that holds the images/audio/videos")
     _check_output_file(args.out, "--out")
-    report = get_format(args.format)(
-        args.annotations, args.media_root, args.out, questions=args.questions, split=args.split,
-        on_error=args.on_error,
-    )  # FormatError / ManifestError name the file and row; the CLI's boundary prints them
+    # Written beside --out and renamed only when something was kept: a run that keeps nothing leaves no manifest.
+    staging = args.out.with_name(f".{args.out.name}.ingesting")
+    try:
+        report = get_format(args.format)(
+            args.annotations, args.media_root, staging, questions=args.questions, split=args.split,
+            on_error=args.on_error,
+        )  # FormatError / ManifestError name the file and row; the CLI's boundary prints them
+        if report.kept:
+            staging.replace(args.out)
+    finally:
+        staging.unlink(missing_ok=True)
+    report.manifest = args.out.absolute()
     print(report.summary())
     if report.kept == 0:
         print(f"error: no examples kept; nothing usable in {describe(args.annotations)}", file=sys.stderr)
