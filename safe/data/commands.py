@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction,
         "otherwise, 2 when the manifest itself cannot be read.",
         epilog=EXIT_CODES,
     )
-    p.add_argument("manifest", type=Path, metavar="MANIFEST.jsonl")
+    p.add_argument("manifest", type=Path, metavar="MANIFEST.jsonl", help="the manifest to check (JSONL, UTF-8)")
     p.add_argument("--families", type=_names, help="allowed families, comma-separated (default: synthetic + "
                    "every family the dataset adapters emit)")
     p.add_argument("--family-proportions", type=_shares, help="expected shares, e.g. vl=0.3,audio=0.25")
