@@ -107,8 +107,11 @@ def _check_question(question: str, bundle: Path | None = None) -> None:
 
 def _load_predictor(bundle: Path):
     """Load the model; a bundle that passed the file checks but still does not load names the folder."""
+    from transformers.utils import logging as hf_logging
+
     from safe.inference import BundleError, SAFEPredictor
 
+    hf_logging.disable_progress_bar()  # one answer: a "Loading weights" bar is noise on stderr
     try:
         return SAFEPredictor.load(bundle, cache_dir=_encoder_cache())
     except BundleError as err:
