@@ -17,7 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from safe.errors import EXIT_BAD_INPUT, EXIT_CRITERIA_FAILED, EXIT_INTERNAL, UserError, describe_path, from_exception
+from safe.errors import EXIT_CRITERIA_FAILED, EXIT_INTERNAL, UserError, describe_path, from_exception
 
 for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
                      "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
@@ -25,7 +25,8 @@ for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED":
 
 ALIASES = ("champion", "challenger")
 EXIT_CODES = ("exit codes: 0 success; 1 the command ran but its checks or success criteria failed; 2 bad input "
-              "(a file, row, key or option; nothing written); 3 unexpected error (rerun with --debug for the traceback)")
+              "(a file, row, key or option; nothing written); 3 unexpected error (rerun with --debug for the "
+              "traceback)")
 
 
 def _version() -> str:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from safe.errors import EXIT_BAD_INPUT, EXIT_CRITERIA_FAILED, UserError
+from safe.errors import EXIT_CRITERIA_FAILED, UserError
 
 EXIT_CODES = ("exit codes: 0 success; 1 the checks failed (validate) or nothing was kept (ingest); 2 bad input "
               "(nothing written); 3 unexpected error")

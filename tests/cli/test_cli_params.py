@@ -57,8 +57,8 @@ def test_evaluate_refuses_bad_params_before_anything_else(tmp_path, capsys, text
 def test_numbers_in_scientific_notation_are_numbers(tmp_path, written, value):
     """YAML 1.1 reads an unquoted 1e-3 as the string '1e-3'; it is a learning rate all the same."""
     (tmp_path / "params.yaml").write_text(f"profile: tiny\nstage_a:\n  learning_rate_projector: {written}\n")
-    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["stage_a"]["learning_rate_projector"] in (value,
-                                                                                                           written.strip("'"))
+    as_read = yaml.safe_load((tmp_path / "params.yaml").read_text())["stage_a"]["learning_rate_projector"]
+    assert as_read in (value, written.strip("'"))
     lr = load_config(tmp_path / "params.yaml").stage_a.learning_rate_projector
     assert lr == pytest.approx(value) and isinstance(lr, float)
 
