@@ -3,12 +3,17 @@
 params.yaml is the only home of run parameters. Its top-level `profile` (tiny, demo, smol, llava) selects
 defaults for model sizes, data sizes and training lengths; every section in params.yaml overrides those defaults
 key by key. Unknown keys raise `ConfigError` naming the key, so a typo never silently falls back to a default.
+Every value is checked against its field's type and range (`RANGES`) when the file is loaded, before anything
+trains: the error names the key path and the allowed range. Numbers written as text (YAML reads an unquoted
+`1e-3` as a string) are accepted as numbers.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -305,6 +310,139 @@ class SafeConfig:
         return dataclasses.asdict(self)
 
 
+# ---------------------------------------------------------------- types and ranges of every field
+
+MAX_TOKEN_BUDGET = 64
+"""Largest audio-token budget: the projector's output layer grows linearly with it (hidden x budget x text width)."""
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A range for one field: `ok(value)` and the words for the error ("a number > 0")."""
+
+    ok: Any
+    words: str
+
+
+def _at_least(lo: float, kind: str = "an integer") -> _Rule:
+    return _Rule(lambda v: v >= lo, f"{kind} >= {lo:g}")
+
+
+def _above(lo: float, kind: str = "a number") -> _Rule:
+    return _Rule(lambda v: v > lo, f"{kind} > {lo:g}")
+
+
+def _between(lo: float, hi: float, kind: str = "a number", open_hi: bool = False, open_lo: bool = False) -> _Rule:
+    left, right = "(" if open_lo else "[", ")" if open_hi else "]"
+    return _Rule(lambda v: (v > lo if open_lo else v >= lo) and (v < hi if open_hi else v <= hi),
+                 f"{kind} in {left}{lo:g}, {hi:g}{right}")
+
+
+_COUNT, _NONNEG_INT, _POS_NUM, _NONNEG_NUM, _SHARE = (_at_least(1), _at_least(0), _above(0), _at_least(0, "a number"),
+                                                      _between(0, 1))
+RANGES: dict[str, _Rule] = {
+    "data.size": _at_least(20), "data.seed": _NONNEG_INT, "data.image_size": _between(8, 1024, "an integer"),
+    "data.clip_seconds": _POS_NUM, "data.max_audio_seconds": _POS_NUM, "data.family_tolerance": _SHARE,
+    **{f"model.{k}": _COUNT for k in ("vision_hidden", "vision_layers", "vision_heads", "patch_size", "text_hidden",
+                                      "text_layers", "text_heads", "text_intermediate", "projector_hidden",
+                                      "fusion_heads", "lora_rank")},
+    "model.seed": _NONNEG_INT,
+    "accelerate.num_processes": _COUNT, "accelerate.gradient_accumulation_steps": _COUNT,
+    "extract_features.batch_size": _COUNT, "extract_features.shard_size": _COUNT,
+    "base_vl.epochs": _COUNT, "base_vl.batch_size": _COUNT, "base_vl.lr": _POS_NUM, "base_vl.weight_decay": _NONNEG_NUM,
+    "base_vl.target_val_acc": _SHARE, "base_vl.eval_every": _COUNT, "base_vl.vision_pretrain_epochs": _NONNEG_INT,
+    "base_vl.vision_pretrain_lr": _POS_NUM, "base_vl.vision_pretrain_batch_size": _COUNT, "base_vl.seed": _NONNEG_INT,
+    "stage_a.steps": _COUNT, "stage_a.batch_size": _at_least(2), "stage_a.learning_rate_projector": _POS_NUM,
+    "stage_a.learning_rate_adapter": _POS_NUM, "stage_a.audio_ratio": _between(0, 1, open_lo=True, open_hi=True),
+    "stage_a.kl_weight": _NONNEG_NUM, "stage_a.fisher_weight": _NONNEG_NUM, "stage_a.gate_weight": _NONNEG_NUM,
+    "stage_a.fisher_batches": _COUNT, "stage_a.retention_tolerance": _SHARE,
+    "stage_a.kl_weight_growth": _at_least(1, "a number"), "stage_a.eval_every": _COUNT,
+    "stage_a.distractor_prob": _SHARE, "stage_a.seed": _NONNEG_INT,
+    "stage_b.steps": _COUNT, "stage_b.batch_size": _COUNT, "stage_b.lr": _POS_NUM, "stage_b.entropy_coef": _NONNEG_NUM,
+    "stage_b.alpha": _NONNEG_NUM, "stage_b.gamma": _NONNEG_NUM, "stage_b.retention_tolerance": _SHARE,
+    "stage_b.lagrange_lr": _NONNEG_NUM, "stage_b.hidden_dim": _COUNT,
+    "stage_b.unknown_word_rate": _between(0, 1, open_hi=True), "stage_b.seed": _NONNEG_INT,
+    "stage_c.epochs": _COUNT, "stage_c.lr": _POS_NUM, "stage_c.hidden_dim": _NONNEG_INT, "stage_c.seed": _NONNEG_INT,
+    "evaluate.bootstrap": _COUNT, "evaluate.latency_examples": _COUNT, "evaluate.max_new_tokens": _COUNT,
+    "evaluate.batch_size": _COUNT, "evaluate.seed": _NONNEG_INT,
+    "promote.max_retention_drop": _SHARE, "promote.min_audio_gain": _between(-1, 1), "promote.skip_rate_min": _SHARE,
+    "promote.skip_rate_max": _SHARE, "promote.max_irrelevant_flip_rate": _SHARE,
+}
+_UNCHECKED = {"accelerate.mixed_precision"}  # parsed by AccelerateConfig itself (YAML reads a bare `no` as false)
+_NUMBER_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _shown(value: Any) -> str:
+    kind = "null" if value is None else {bool: "boolean", str: "string", list: "list", dict: "mapping"}.get(
+        type(value), type(value).__name__)
+    return f"{value!r} ({kind})"
+
+
+def _as_number(key: str, value: Any, integer: bool, rule: _Rule | None) -> int | float:
+    """A YAML value as an int/float: numbers as they are, numeric strings (YAML 1.1 reads an unquoted 1e-3 as the
+    string '1e-3') parsed; booleans, other strings, NaN/inf and (for integers) fractions refused."""
+    words = rule.words if rule else ("an integer" if integer else "a number")
+    if isinstance(value, str) and _NUMBER_TEXT.match(value.strip()):
+        number: Any = float(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = value
+    else:
+        raise ConfigError(f"{key} must be {words}, got {_shown(value)}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{key} must be {words}, got {_shown(value)}")
+    if integer:
+        if float(number) != int(number):
+            raise ConfigError(f"{key} must be {words} (a whole number), got {_shown(value)}")
+        number = int(number)
+    else:
+        number = float(number)
+    if rule is not None and not rule.ok(number):
+        raise ConfigError(f"{key} must be {words}, got {value!r}")
+    return number
+
+
+def _check_field(key: str, annotation: str, value: Any) -> Any:
+    """Coerce and check one value against its dataclass annotation and RANGES; returns the clean value."""
+    rule = RANGES.get(key)
+    optional = annotation.endswith("| None")
+    base = annotation.removesuffix("| None").strip()
+    if value is None and optional:
+        return None
+    if base == "int":
+        return _as_number(key, value, True, rule)
+    if base == "float":
+        return _as_number(key, value, False, rule)
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {_shown(value)}")
+        return value
+    if base == "str":
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{key} must be a non-empty string{' or null' if optional else ''}, got {_shown(value)}")
+        return value
+    if base == "tuple[int, ...]":
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{key} must be a non-empty list of integers, got {_shown(value)}")
+        return tuple(_as_number(f"{key}[{i}]", v, True, None) for i, v in enumerate(value))
+    return value
+
+
+def _check_section(name: str, cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    hints = {f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+             for f in dataclasses.fields(cls)}
+    out = {}
+    for field_name, value in values.items():
+        key = f"{name}.{field_name}"
+        out[field_name] = value if key in _UNCHECKED else _check_field(key, hints[field_name], value)
+    if name == "model" and "token_budgets" in out:
+        budgets = out["token_budgets"]
+        bad = [b for b in budgets if not 0 <= b <= MAX_TOKEN_BUDGET]
+        if bad:
+            raise ConfigError(f"model.token_budgets must be integers in [0, {MAX_TOKEN_BUDGET}] (the audio tokens the "
+                              f"projector emits), got {list(budgets)}")
+    return out
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -396,7 +534,7 @@ def build_config(params: Mapping[str, Any]) -> SafeConfig:
         section = params.get(name) or {}
         if not isinstance(section, Mapping):
             raise ConfigError(f"params section {name!r} must be a mapping, got {type(section).__name__}")
-        merged = _merge(merged, section, name, allowed)
+        merged = _check_section(name, cls, _merge(merged, section, name, allowed))
         try:
             sections[name] = cls(**merged)
         except TypeError as exc:  # wrong value types surface here

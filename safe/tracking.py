@@ -588,6 +588,37 @@ def resolve_model_uri(spec: str | Path, model_name: str = MODEL_NAME) -> str:
     return str(path.resolve())
 
 
+def existing_registry_uri() -> str:
+    """The tracking URI of a registry that already exists, without creating anything.
+
+    Looked up in order: env MLFLOW_TRACKING_URI (a sqlite:/// file must exist), else `<project>/mlruns/mlflow.db`
+    where `<project>` is env SAFE_PROJECT_DIR or the working folder. Raises TrackingError saying where it looked
+    and how to point at the project otherwise (reading a registry must never create a stray store).
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+            raise TrackingError(f"MLFLOW_TRACKING_URI={uri} names a SQLite store that does not exist; point it at "
+                                f"the project's mlruns/mlflow.db, or pass --model with a bundle folder")
+        return uri
+    project = project_dir()
+    store = project / "mlruns" / "mlflow.db"
+    if not store.is_file():
+        origin = f"{PROJECT_ENV}={os.environ[PROJECT_ENV]}" if os.environ.get(PROJECT_ENV) else "the working folder"
+        raise TrackingError(f"no model registry found: {store} does not exist (project folder {project}, from "
+                            f"{origin}); run from the SAFE project folder after `dvc repro`, or set {PROJECT_ENV} to "
+                            f"it, or MLFLOW_TRACKING_URI to its store, or pass --model with a bundle folder")
+    return f"sqlite:///{store}"
+
+
+def _registry_client() -> MlflowClient:
+    """A client on the registry that exists (see `existing_registry_uri`); also points the fluent API at it."""
+    uri = existing_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def _require_alias(mlf: MlflowClient, model_name: str, alias: str):
     version = _alias_version(mlf, model_name, alias)
     if version is None:
@@ -598,7 +629,7 @@ def _require_alias(mlf: MlflowClient, model_name: str, alias: str):
 
 def load_champion(model_name: str = MODEL_NAME):
     """The champion as an MLflow pyfunc model (predict(DataFrame[image, audio, question]))."""
-    _require_alias(client(), model_name, CHAMPION)
+    _require_alias(_registry_client(), model_name, CHAMPION)
     return mlflow.pyfunc.load_model(resolve_model_uri(CHAMPION, model_name))
 
 
@@ -606,9 +637,10 @@ def download_bundle(alias: str = CHAMPION, model_name: str = MODEL_NAME, dst: st
     """The SAFE bundle folder of the version holding `alias`, downloaded once per version.
 
     Default cache: <project>/.safe_cache/registry/<model_name>/v<version>/ (downloaded to a temp folder, then renamed);
-    the bundle is the model's pyfunc artifact "model" inside it.
+    the bundle is the model's pyfunc artifact "model" inside it. The registry must exist already (nothing is created
+    when it does not; see `existing_registry_uri`).
     """
-    mlf = client()
+    mlf = _registry_client()
     version = _require_alias(mlf, model_name, alias)
     target = Path(dst) if dst else project_dir() / ".safe_cache" / "registry" / model_name / f"v{version.version}"
     if (target / "MLmodel").is_file():

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from safe.data.manifest import SPLITS
-from safe.data.media import MediaError, audio_info, load_audio, load_image
+from safe.data.media import MediaError, audio_info, load_image, scan_audio
 from safe.io import write_text_atomic
 
 SYNTH_FAMILIES = ("vl", "vl_distractor", "audio", "audio_visual", "silent_control")
@@ -293,10 +293,18 @@ def validate_manifest(
 
 
 def _read_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Raw rows with an `id` every row has ("line N" when missing) plus `_id_field` (the id as written)."""
+    """Raw rows with an `id` every row has ("line N" when missing) plus `_id_field` (the id as written).
+
+    Lines are decoded one by one, so a line that is not UTF-8 is reported as a bad line (with the offending byte)
+    instead of stopping the whole report; a UTF-8 byte-order mark on the first line is allowed."""
     rows, bad = [], []
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw_line in enumerate(fh, start=1):
+            try:
+                line = raw_line.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                bad.append(f"line {lineno} (not UTF-8: byte 0x{raw_line[err.start]:02x} at column {err.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:
@@ -354,7 +362,9 @@ def _add_media_columns(df: pd.DataFrame, root: Path, decode_audio: bool, workers
     df["audio_sample_rate"] = pd.array([f[3] for f in audio_facts], dtype="Int64")
     reasons: dict[str, dict[str, str]] = {}
     for column, facts, slot in (("image_decodable", image_facts, 2), ("audio_readable", audio_facts, 4)):
-        reasons[column] = {i: f[slot] for i, f in zip(ids, facts) if f[slot]}
+        reasons[column] = {i: f[slot] for i, f in zip(ids, facts) if f[slot] and f[0]}
+    for column, facts, slot in (("image_exists", image_facts, 2), ("audio_exists", audio_facts, 4)):
+        reasons[column] = {i: f[slot] for i, f in zip(ids, facts) if f[slot] and f[0] is False}
     return reasons
 
 
@@ -366,41 +376,53 @@ def _resolve(root: Path, rel: Any) -> Path | None:
 
 
 def _probe_image(root: Path, rel: Any) -> tuple[bool | None, bool | None, str]:
-    """(exists, decodable, error) — None for rows without an image; decodable None when the file is absent."""
+    """(exists, decodable, error) — None for rows without an image; decodable None when the file is absent.
+
+    The error names the file as the manifest writes it and as resolved, and says what is wrong."""
     path = _resolve(root, rel)
     if path is None:
         return None, None, ""
     if not path.is_file():
-        return False, None, ""
+        return False, None, f"{_as_written(rel, path)}: file not found"
     try:
-        load_image(path)
+        load_image(path, notes=[])  # notes (greyscale, transparency) are not failures
     except MediaError as err:
-        return True, False, _short(err, path)
+        return True, False, _short(err, path, rel)
+    except Exception as err:  # a decoder bug must not stop the whole report
+        return True, False, f"{_as_written(rel, path)}: image does not decode ({type(err).__name__}: {err})"
     return True, True, ""
 
 
 def _probe_audio(root: Path, rel: Any, decode: bool) -> tuple[bool | None, bool | None, float | None, int | None, str]:
-    """(exists, readable, seconds, sample rate, error) — Nones for rows without audio or unreadable files."""
+    """(exists, readable, seconds, sample rate, error) — Nones for rows without audio or unreadable files.
+
+    Decoding scans the clip block by block (bounded memory, however long the file)."""
     path = _resolve(root, rel)
     if path is None:
         return None, None, None, None, ""
     if not path.is_file():
-        return False, None, None, None, ""
+        return False, None, None, None, f"{_as_written(rel, path)}: file not found"
     try:
-        info = audio_info(path)
-        if decode:
-            load_audio(path, target_sr=info.sr)  # native rate: no resampling cost, still catches truncation/NaN
+        info = scan_audio(path) if decode else audio_info(path)
     except MediaError as err:
-        return True, False, None, None, _short(err, path)
+        return True, False, None, None, _short(err, path, rel)
+    except Exception as err:  # a decoder bug must not stop the whole report
+        return True, False, None, None, f"{_as_written(rel, path)}: audio does not decode ({type(err).__name__}: {err})"
     seconds = info.duration if math.isfinite(info.duration) else None
     return True, True, seconds, info.sr, ""
 
 
-def _short(err: Exception, path: Path) -> str:
-    """The MediaError text without the leading path (the row id already says which example)."""
+def _short(err: Exception, path: Path, rel: Any = None) -> str:
+    """The MediaError text with its leading path written as the manifest has it (and resolved, when different)."""
     text = str(err)
     prefix = f"{path}: "
-    return text[len(prefix) :] if text.startswith(prefix) else text
+    reason = text[len(prefix):] if text.startswith(prefix) else text
+    return f"{_as_written(path if rel is None else rel, path)}: {reason}"
+
+
+def _as_written(rel: Any, path: Path) -> str:
+    resolved = str(path.resolve())
+    return str(rel) if str(rel) == resolved else f"{rel} ({resolved})"
 
 
 # ---------------------------------------------------------------------------------------------- features suite

@@ -152,6 +152,8 @@ def _validate(rec: ManifestRecord) -> str | None:
         return "field 'id' is empty"
     if rec.split not in SPLITS:
         return f"field 'split' is {rec.split!r}, expected one of {', '.join(SPLITS)}"
+    if not rec.question.strip():
+        return "field 'question' is empty"
     if not rec.answer.strip():
         return "field 'answer' is empty"
     if not isinstance(rec.needs_audio, bool):
@@ -225,11 +227,21 @@ def read_manifest(path: str | os.PathLike, on_error: str = "raise") -> Manifest:
     records: list[ManifestRecord] = []
     skipped: list[SkippedRow] = []
     seen: dict[str, int] = {}
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw_line in enumerate(fh, start=1):
+            where = f"{path.name} line {lineno}"
+            try:
+                line = raw_line.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                line = None
+                problem = _located(where, f"not UTF-8 text (byte 0x{raw_line[err.start]:02x} at column "
+                                          f"{err.start + 1}); save the manifest as UTF-8")
+                if on_error == "raise":
+                    raise problem from None
+                skipped.append(SkippedRow(lineno, problem.reason))
+                continue
             if not line.strip():
                 continue
-            where = f"{path.name} line {lineno}"
             try:
                 try:
                     row = json.loads(line)

@@ -99,6 +99,17 @@ def evaluate_criteria(metrics: Mapping[str, Any], thresholds: Thresholds = Thres
     return criteria
 
 
+PASS, FAIL, NOT_COMPUTED = "pass", "fail", "not_computed"
+
+
+def criterion_status(criterion: Mapping[str, Any]) -> str:
+    """"pass", "fail", or "not_computed" when its value could not be measured (NaN / missing: no rows of the kind
+    it needs). Promotion still requires "pass" (`all_passed`); a report or a command shows the third state as such."""
+    if math.isnan(_number(criterion.get("value"))):
+        return NOT_COMPUTED
+    return PASS if criterion.get("passed") is True else FAIL
+
+
 def all_passed(criteria: Mapping[str, Mapping[str, Any]]) -> bool:
     """True when every criterion passed. An empty mapping is False: nothing was checked, so nothing is proven."""
     return bool(criteria) and all(c.get("passed") is True for c in criteria.values())

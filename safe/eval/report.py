@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from safe.eval.criteria import all_passed, failed_criteria
+from safe.eval.criteria import FAIL, NOT_COMPUTED, all_passed, criterion_status, failed_criteria
 from safe.io import write_text_atomic
 
 __all__ = ["criteria_table_text", "render_model_card", "render_report", "write_text_atomic"]
@@ -273,15 +273,27 @@ def render_model_card(metrics: Mapping[str, Any], criteria: Mapping[str, Mapping
     return "\n\n".join(parts) + "\n"
 
 
-def criteria_table_text(criteria: Mapping[str, Mapping[str, Any]]) -> str:
-    """Plain-text criteria table for the terminal, ending with the overall verdict."""
+def criteria_table_text(criteria: Mapping[str, Mapping[str, Any]], counts: Mapping[str, int] | None = None) -> str:
+    """Plain-text criteria table for the terminal, ending with the overall verdict.
+
+    A criterion whose value is NaN/None shows NOT COMPUTED (its own state, not FAIL); `counts` adds the number of
+    examples behind each value ({criterion: n})."""
     header = ("criterion", "value", "threshold", "result")
-    rows = [(name, _pct(c["value"], 2), _threshold(name, c["threshold"], ascii_only=True), _verdict(c["passed"]))
-            for name, c in criteria.items()]
+    rows = []
+    for name, c in criteria.items():
+        status = criterion_status(c)
+        value = _pct(c["value"], 2) + (f" (n={counts[name]})" if counts is not None and name in counts else "")
+        rows.append((name, value, _threshold(name, c["threshold"], ascii_only=True),
+                     "NOT COMPUTED" if status == NOT_COMPUTED else _verdict(c["passed"])))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     fmt = lambda r: "  ".join(cell.ljust(w) if i != 1 else cell.rjust(w)  # noqa: E731
                               for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
     lines = [fmt(header), fmt(tuple("-" * w for w in widths)), *map(fmt, rows)]
     passed = sum(c.get("passed") is True for c in criteria.values())
-    lines.append(f"overall: {'PASS' if all_passed(criteria) else 'FAIL'} ({passed}/{len(criteria)} criteria met)")
+    missing = [name for name, c in criteria.items() if criterion_status(c) == NOT_COMPUTED]
+    failed = [name for name, c in criteria.items() if criterion_status(c) == FAIL]
+    if missing and not failed:
+        lines.append(f"overall: INCOMPLETE ({passed}/{len(criteria)} criteria met; not computed: {', '.join(missing)})")
+    else:
+        lines.append(f"overall: {'PASS' if all_passed(criteria) else 'FAIL'} ({passed}/{len(criteria)} criteria met)")
     return "\n".join(lines)

@@ -49,7 +49,7 @@ def test_validate_reports_bad_rows_with_exit_1(tmp_path, capsys):
 
 
 def test_validate_missing_manifest_is_a_message(tmp_path, capsys):
-    assert main(["validate", str(tmp_path / "nope.jsonl")]) == 1
+    assert main(["validate", str(tmp_path / "nope.jsonl")]) == 2  # bad input
     assert "manifest not found" in capsys.readouterr().err
 
 
@@ -84,10 +84,10 @@ def test_ingest_writes_manifest_and_reports_skips(tmp_path, capsys):
 def test_ingest_errors_are_messages_not_tracebacks(tmp_path, capsys):
     ann = _gqa(tmp_path)
     media = str(tmp_path / "media")
-    assert main(["ingest", "vqav2", "--annotations", str(ann), "--media-root", media, "--out", str(tmp_path / "o.jsonl")]) == 1
+    assert main(["ingest", "vqav2", "--annotations", str(ann), "--media-root", media, "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "needs --questions" in capsys.readouterr().err
     ann.write_text("[1, 2")
-    assert main(["ingest", "gqa", "--annotations", str(ann), "--media-root", media, "--out", str(tmp_path / "o.jsonl")]) == 1
+    assert main(["ingest", "gqa", "--annotations", str(ann), "--media-root", media, "--out", str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "val_balanced_questions.json: not valid JSON" in err and "Traceback" not in err
     with pytest.raises(SystemExit) as exit_info:
