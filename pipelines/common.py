@@ -29,6 +29,7 @@ STAGE_A = MODELS / "stage_a"
 STAGE_B = MODELS / "stage_b"
 SAFE_BUNDLE = MODELS / "safe"  # the deployable model: base VL + trainable parts + gate
 METRICS = DATA / "metrics"
+DATA_DOCS = DATA / "data_docs"  # GX Data Docs (HTML) of each stage's checks
 PLOTS = DATA / "plots"
 EVAL = DATA / "eval"
 CACHE = Path(os.environ.get("SAFE_CACHE_DIR", ".safe_cache"))

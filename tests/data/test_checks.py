@@ -87,12 +87,12 @@ def defect_report(tmp_path_factory) -> CheckReport:
         ("expect_column_values_to_match_regex", "answer", "empty-answer"),
         ("expect_column_values_to_be_in_set", "family", "odd-family"),
         ("expect_column_values_to_be_in_set", "split", "bad-split"),
-        ("expect_column_values_to_be_in_set", "image_exists", "gone-image"),
-        ("expect_column_values_to_be_in_set", "audio_readable", "garbage-audio"),
+        ("expect_column_values_to_be_null", "image_error", "gone-image"),
+        ("expect_column_values_to_be_null", "audio_error", "garbage-audio"),
         ("expect_column_values_to_be_in_set", "audio_sample_rate", "phone-audio"),
         ("expect_column_values_to_be_between", "audio_seconds", "long-audio"),
-        ("expect_column_values_to_be_in_set", "image_decodable", "broken-image"),
-        ("expect_column_values_to_be_in_set", "audio_when_needed", "needs-but-none"),
+        ("expect_column_values_to_be_null", "image_error", "broken-image"),
+        ("expect_column_values_to_not_be_null", "audio", "needs-but-none"),
         ("expect_column_values_to_be_unique", "id", "ex00"),
     ],
 )
@@ -106,13 +106,14 @@ def test_each_planted_defect_is_caught_with_its_row(defect_report, expectation, 
 def test_defects_do_not_flag_clean_rows(defect_report):
     flagged = {r for f in defect_report.failures for r in f.rows}
     assert not flagged & {"ex01", "ex02", "ex03", "ex04"}
-    assert _failure(defect_report, "expect_column_values_to_be_in_set", "audio_readable").rows == ("garbage-audio",)
+    assert _failure(defect_report, "expect_column_values_to_be_null", "audio_error").rows == ("garbage-audio",)
 
 
 def test_media_failures_say_why_and_json_round_trips(defect_report, tmp_path):
-    unreadable = _failure(defect_report, "expect_column_values_to_be_in_set", "audio_readable")
+    unreadable = _failure(defect_report, "expect_column_values_to_be_null", "audio_error")
     assert "not a readable audio file" in unreadable.reasons["garbage-audio"]
-    broken = _failure(defect_report, "expect_column_values_to_be_in_set", "image_decodable")
+    broken = _failure(defect_report, "expect_column_values_to_be_null", "image_error")
+    assert broken.reasons["gone-image"] == "file not found: images/nope.png"
     assert "corrupt" in broken.reasons["broken-image"] or "truncated" in broken.reasons["broken-image"]
     assert _failure(defect_report, "valid_json_line", None).rows == ("line 17",)
     saved = json.loads(defect_report.write_json(tmp_path / "report.json").read_text())
@@ -147,7 +148,7 @@ def test_features_clean_nan_and_wrong_dim():
     bad = good.copy()
     bad[3, 5] = np.nan
     report = validate_features({"audio": bad}, expected_dim=8, ids=[f"ex{i}" for i in range(6)])
-    assert _failure(report, "expect_column_values_to_be_in_set", "finite").rows == ("audio:ex3",)
+    assert _failure(report, "expect_column_values_to_be_between", "non_finite_values").rows == ("audio:ex3",)
 
     report = validate_features({"audio": good, "clap": rng.normal(size=(4, 7))}, expected_dim={"audio": 8, "clap": 8})
     dim = _failure(report, "expect_column_pair_values_to_be_equal", "dim==expected_dim")
@@ -157,4 +158,4 @@ def test_features_clean_nan_and_wrong_dim():
 def test_features_from_dataframe():
     frame = pd.DataFrame({"a": [1.0, np.inf], "b": [0.0, 1.0]}, index=["x", "y"])
     report = validate_features(frame, expected_dim=2)
-    assert _failure(report, "expect_column_values_to_be_in_set", "finite").rows == ("features:y",)
+    assert _failure(report, "expect_column_values_to_be_between", "non_finite_values").rows == ("features:y",)
