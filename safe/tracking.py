@@ -39,6 +39,7 @@ for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "D
 
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402  (mlflow imports it anyway)
+import mlflow.models  # noqa: E402
 import mlflow.pyfunc  # noqa: E402
 import yaml  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
@@ -356,6 +357,15 @@ class SAFEPyfuncModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows, columns=["answer", "budget", "gate", "latency_ms"])
 
 
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+"""The models-from-code file logged as the pyfunc's `python_model`; it calls `serve_safe_model`."""
+
+
+def serve_safe_model() -> None:
+    """Declare the model MLflow serves when it loads a SAFE model logged from code (called by MODEL_CODE)."""
+    mlflow.models.set_model(SAFEPyfuncModel())
+
+
 def _pip_requirements() -> list[str]:
     """Pinned from the running environment (explicit: MLflow would otherwise load the model to infer them)."""
     pins = []
@@ -409,6 +419,8 @@ def promote(model_dir: str | Path, metrics: Mapping[str, Any], thresholds, extra
             model_name: str = MODEL_NAME) -> PromotionResult:
     """Log `model_dir` as a pyfunc model, register it, and alias it `champion` only if it earns it.
 
+    The pyfunc is logged as models-from-code (`MODEL_CODE`): loading it runs that file, never unpickles an object.
+
     Champion = every success criterion passes AND `is_not_worse` than the current champion's metrics. Otherwise the
     new version gets the `challenger` alias and a `failed_criteria` tag; the champion alias is left untouched.
     """
@@ -434,7 +446,7 @@ def promote(model_dir: str | Path, metrics: Mapping[str, Any], thresholds, extra
         with mlflow.start_run(run_id=tracker.run_id), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*input example was not provided.*")
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=SAFEPyfuncModel(), artifacts={"model": str(model_dir.resolve())},
+                name="model", python_model=str(MODEL_CODE), artifacts={"model": str(model_dir.resolve())},
                 signature=SIGNATURE, pip_requirements=_pip_requirements(), registered_model_name=model_name,
                 metadata={"input_example": INPUT_EXAMPLE, "bundle": model_dir.name},
                 # no input_example=: MLflow would load the whole model at registration to validate it
