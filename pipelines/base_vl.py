@@ -19,6 +19,7 @@ def main() -> None:
             BASE_VL.mkdir(parents=True, exist_ok=True)
             write_json_atomic(BASE_VL / "reference.json", {"checkpoint": cfg.model.base_vl})
             write_json_atomic(METRICS / "base_vl.json", {"trained_here": 0})
+            write_json_atomic(PLOTS / "base_vl_history.json", [])  # a declared plot: no epochs were trained here
             return
         derive = derived_vl_questions if cfg.base_vl.derived_questions else None
         accelerator = make_accelerator(cfg.accelerate.mixed_precision, cfg.accelerate.gradient_accumulation_steps)

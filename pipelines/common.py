@@ -11,8 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
-
 for _key, _value in {
     "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
     "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DO_NOT_TRACK": "1",
@@ -33,6 +31,7 @@ STAGE_A = MODELS / "stage_a"
 STAGE_B = MODELS / "stage_b"
 SAFE_BUNDLE = MODELS / "safe"  # the deployable model: base VL + trainable parts + gate
 METRICS = DATA / "metrics"
+DATA_DOCS = DATA / "data_docs"  # GX Data Docs (HTML) of each stage's checks
 PLOTS = DATA / "plots"
 EVAL = DATA / "eval"
 CACHE = Path(os.environ.get("SAFE_CACHE_DIR", ".safe_cache"))

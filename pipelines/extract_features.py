@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from functools import partial
 
-from pipelines.common import CACHE, FEATURES, MANIFEST, METRICS, config, fail, launch_processes, tracked_stage
+from pipelines.common import (
+    CACHE, DATA_DOCS, FEATURES, MANIFEST, METRICS, config, fail, launch_processes, tracked_stage,
+)
 from safe.data.checks import validate_features
 from safe.data.features import STAT_NAMES, extract_features
 from safe.data.manifest import read_manifest
@@ -36,10 +38,14 @@ def main() -> None:
         )
         if not state.is_main_process:
             return
-        check = validate_features({"pooled": store.pooled.numpy(), "stats": store.stats.numpy()},
-                                  {"pooled": store.embed_dim, "stats": len(STAT_NAMES)}, ids=store.ids)
-        if not check.success:
-            fail(f"feature checks failed; nothing was written.\n{check.to_markdown()}")
+        split_of = {r.id: r.split for r in manifest.records}
+        with atomic_dir(DATA_DOCS / "features") as docs:
+            check = validate_features({"pooled": store.pooled.numpy(), "stats": store.stats.numpy()},
+                                      {"pooled": store.embed_dim, "stats": len(STAT_NAMES)}, ids=store.ids,
+                                      splits=[split_of[i] for i in store.ids], dim_checks=("pooled",), docs_dir=docs)
+            if not check.success:
+                fail(f"feature checks failed; nothing was written.\n{check.to_markdown()}")
+            tracker.log_artifact(docs, "data_docs")
         with atomic_dir(FEATURES) as tmp:
             store.save(tmp)
         metrics = {**report.to_json(), "embed_dim": store.embed_dim}

@@ -12,7 +12,7 @@ from pipelines.common import (
     CACHE, FEATURES, MANIFEST, METRICS, PLOTS, STAGE_A, base_vl_source, config, launch_processes, stage_code,
     tracked_stage,
 )
-from safe.data.datasets import BalancedBatchSampler, LlavaCollator, ManifestDataset
+from safe.data.datasets import BalancedBatchSampler, LlavaCollator, ManifestDataset, example_weights
 from safe.data.features import FeatureStore
 from safe.data.manifest import read_manifest
 from safe.distributed import ShardedBatchSampler, make_accelerator, shard
@@ -47,6 +47,7 @@ def main() -> None:
         sampler = BalancedBatchSampler(
             [r.needs_audio for r in train.records], cfg.stage_a.batch_size, cfg.stage_a.audio_ratio,
             num_batches=cfg.stage_a.steps * cfg.accelerate.gradient_accumulation_steps, seed=cfg.stage_a.seed,
+            weights=example_weights(train.records, cfg.data.source_weights, cfg.data.family_weights),
         )
         train_loader = DataLoader(train, batch_sampler=ShardedBatchSampler(sampler, accelerator.state),
                                   collate_fn=LlavaCollator(base, store.embed_dim, True))
@@ -54,6 +55,8 @@ def main() -> None:
         # Checkpoints are keyed by everything that defines the run (settings, the base VL's weights, the examples and
         # their features, the stage's code), so only the same run is ever resumed.
         run = {k: cfg.to_dict()[k] for k in ("stage_a", "model")}
+        if cfg.data.source_weights or cfg.data.family_weights:
+            run["weights"] = [cfg.data.source_weights, cfg.data.family_weights]
         run["gradient_accumulation_steps"] = cfg.accelerate.gradient_accumulation_steps
         run["mixed_precision"] = cfg.accelerate.mixed_precision
         run["inputs"] = [content_fingerprint(p) for p in (base_vl_source(cfg), MANIFEST, FEATURES)]

@@ -58,6 +58,23 @@ class DataConfig:
     """`raise` stops at the first bad row; `skip` skips bad rows and counts them in the report."""
     family_tolerance: float = 0.1
     """Allowed absolute deviation of each family's share from the generator's mix (GX check)."""
+    sample_rates: tuple[int, ...] | None = None
+    """Audio sample rates (Hz) the data check accepts; null: any rate, since the loader resamples every clip to what
+    the encoder needs (real Clotho/AudioCaps/AVQA/VGGSound audio is 44.1 or 48 kHz)."""
+    min_audio_seconds: float = 0.05
+    """Shortest audio clip the data check accepts."""
+    max_clip_seconds: float | None = None
+    """Longest audio clip the data check accepts; null: any (clips are cropped to max_audio_seconds when loaded)."""
+    families: Mapping[str, tuple[str, ...]] | None = None
+    """Allowed question families per source, e.g. {vqav2: [vl], clotho: [audio_caption]}; null: the synthetic
+    generator's families for `synth` and each ingest adapter's for its source. Never taken from the data checked."""
+    min_answer_coverage: float = 0.5
+    """Share of val/test answers (short-answer families; captions excluded) that must occur among training answers."""
+    source_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Stage A sampling weight per source (default 1): within the audio and the VL-only halves of a batch, a row is
+    drawn in proportion to source weight x family weight."""
+    family_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Stage A sampling weight per family (default 1); see source_weights."""
 
     def __post_init__(self) -> None:
         _check(self.source in ("synth", "manifest"), f"data.source must be synth or manifest, got {self.source!r}")
@@ -65,6 +82,27 @@ class DataConfig:
         _check(self.size >= 20, f"data.size must be >= 20, got {self.size}")
         _check(self.on_error in ("raise", "skip"), f"data.on_error must be raise or skip, got {self.on_error!r}")
         _check(8 <= self.image_size <= 1024, f"data.image_size out of range: {self.image_size}")
+        if self.sample_rates is not None:
+            _check(isinstance(self.sample_rates, (list, tuple)) and len(self.sample_rates) > 0
+                   and all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in self.sample_rates),
+                   f"data.sample_rates must be a list of positive integers (Hz) or null, got {self.sample_rates!r}")
+            object.__setattr__(self, "sample_rates", tuple(self.sample_rates))
+        _check(self.min_audio_seconds >= 0, f"data.min_audio_seconds must be >= 0, got {self.min_audio_seconds}")
+        _check(self.max_clip_seconds is None or self.max_clip_seconds > self.min_audio_seconds,
+               f"data.max_clip_seconds must be null or > data.min_audio_seconds, got {self.max_clip_seconds}")
+        if self.families is not None:
+            _check(isinstance(self.families, Mapping) and all(
+                isinstance(v, (list, tuple)) and v and all(isinstance(f, str) for f in v) for v in self.families.values()),
+                f"data.families must map each source to a list of family names, got {self.families!r}")
+            object.__setattr__(self, "families", {str(k): tuple(v) for k, v in self.families.items()})
+        _check(0.0 <= self.min_answer_coverage <= 1.0,
+               f"data.min_answer_coverage must be in [0, 1], got {self.min_answer_coverage}")
+        for name in ("source_weights", "family_weights"):
+            weights = getattr(self, name)
+            _check(isinstance(weights, Mapping) and all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights.values()),
+                f"data.{name} must map names to weights >= 0, got {weights!r}")
+            object.__setattr__(self, name, {str(k): float(v) for k, v in weights.items()})
 
 
 @dataclass(frozen=True)

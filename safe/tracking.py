@@ -44,10 +44,11 @@ for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "D
 
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402  (mlflow imports it anyway)
+import mlflow.models  # noqa: E402
 import mlflow.pyfunc  # noqa: E402
 import yaml  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.models.signature import ModelSignature  # noqa: E402
 from mlflow.types.schema import ColSpec, Schema  # noqa: E402
@@ -411,6 +412,15 @@ class SAFEPyfuncModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows, columns=["answer", "budget", "gate", "latency_ms"])
 
 
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+"""The models-from-code file logged as the pyfunc's `python_model`; it calls `serve_safe_model`."""
+
+
+def serve_safe_model() -> None:
+    """Declare the model MLflow serves when it loads a SAFE model logged from code (called by MODEL_CODE)."""
+    mlflow.models.set_model(SAFEPyfuncModel())
+
+
 def _pip_requirements() -> list[str]:
     """Pinned from the running environment (explicit: MLflow would otherwise load the model to infer them)."""
     pins = []
@@ -520,6 +530,7 @@ def promote(model_dir: str | Path, metrics: Mapping[str, Any], thresholds, extra
     `safe.git_commit`, all set as version tags). Otherwise the new version gets the `challenger` alias and a
     `failed_criteria` tag; the champion alias is left untouched. Every alias move is recorded (`alias_history`).
     A version registered from a DVC experiment carries its `dvc.exp_*` tags and says so in its description.
+    The pyfunc is logged as models-from-code (`MODEL_CODE`): loading it runs that file, never unpickles an object.
     """
     from safe.eval.criteria import all_passed, evaluate_criteria, failed_criteria, is_not_worse
 
@@ -545,7 +556,7 @@ def promote(model_dir: str | Path, metrics: Mapping[str, Any], thresholds, extra
         with mlflow.start_run(run_id=tracker.run_id), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*input example was not provided.*")
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=SAFEPyfuncModel(), artifacts={"model": str(model_dir.resolve())},
+                name="model", python_model=str(MODEL_CODE), artifacts={"model": str(model_dir.resolve())},
                 signature=SIGNATURE, pip_requirements=_pip_requirements(), registered_model_name=model_name,
                 metadata={"input_example": INPUT_EXAMPLE, "bundle": model_dir.name},
                 # no input_example=: MLflow would load the whole model at registration to validate it

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from PIL import Image
+from project_copy import copy_project  # tests/project_copy.py
 
 for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
                      "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DO_NOT_TRACK": "1",
                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}.items():
     os.environ.setdefault(_key, _value)
 
-ROOT = Path(__file__).resolve().parents[1]
 
 TINY_TEXTS = [
     "what color is the circle ?", "how many shapes are there ?", "how many beeps do you hear ?",
@@ -52,38 +50,10 @@ def tiny_batch(tiny_base):
     return tiny_base.encode(questions, images, answers=["red", "two", "one"])
 
 
-def _copy_tiny_project(dst: Path) -> tuple[Path, dict]:
-    """A git repo at dst with the repository's tracked and new files, switched to the tiny profile, and the
-    environment to run its DAG in (its own code first on PYTHONPATH, its own Prefect home and caches)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dst / rel)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    params["profile"] = "tiny"
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "SAFE_"))}
-    env.update({
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "PREFECT_HOME": str(dst.parent / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING", "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
-        "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "SAFE_CACHE_DIR": str(dst.parent / "cache"),
-        "PYTHONPATH": str(dst), "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com",
-        "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.com",
-    })
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
-        result = subprocess.run(cmd, cwd=dst, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return dst, env
-
-
 @pytest.fixture(scope="session")
 def tiny_project_copy():
-    """Factory: tiny_project_copy(dst) -> (dst, env), a git copy of this repository set to `profile: tiny`."""
-    return _copy_tiny_project
+    """Factory: tiny_project_copy(parent) -> (parent/repo, env), a git copy of this repository set to `profile: tiny`."""
+    return lambda parent: copy_project(parent, {"profile": "tiny"})
 
 
 def free_port() -> int:
@@ -187,7 +157,7 @@ def tiny_deployment(tmp_path_factory, tiny_project_copy, prefect_server) -> Tiny
     of the suite: tests/integration/test_dag.py checks its outputs."""
     from safe import tracking
 
-    dst, env = tiny_project_copy(tmp_path_factory.mktemp("safe") / "repo")
+    dst, env = tiny_project_copy(tmp_path_factory.mktemp("safe"))
     serve_env = {**env, "PREFECT_API_URL": prefect_server.url, "PREFECT_RUNNER_POLL_FREQUENCY": "2",
                  "PREFECT_LOGGING_LEVEL": "INFO"}
     log = dst.parent / "serve.log"

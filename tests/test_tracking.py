@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import warnings
 
 import numpy as np
 import pytest
+import yaml
 from safetensors.numpy import save_file
 
 from safe import tracking
@@ -256,6 +259,59 @@ def test_resolve_model_uri(project, bundle):
 def test_promote_rejects_a_missing_folder(project):
     with pytest.raises(FileNotFoundError, match="model folder not found"):
         tracking.promote(project / "nope", GOOD, Thresholds())
+
+
+@pytest.fixture()
+def safe_bundle(tmp_path, tiny_base):
+    """A real (tiny, untrained) SAFE bundle folder."""
+    from safe.inference import assemble_bundle
+    from safe.models.audio_encoders import build_audio_encoder
+    from safe.models.safe_model import SAFEArchitecture, SAFEModel
+    from safe.rl.state_features import state_dim
+    from safe.training.stage_c import DeploymentGate, save_gate
+
+    spec = "whisper-random:32x1"
+    encoder = build_audio_encoder(spec, seed=0)
+    model = SAFEModel(tiny_base, SAFEArchitecture(encoder.embed_dim, fusion_heads=4, projector_hidden=16),
+                      audio_encoder=encoder)
+    tiny_base.save_pretrained(tmp_path / "base")
+    model.save_trainable(tmp_path / "stage_a", extra_config={"audio_encoder": spec, "seed": 0})
+    save_gate(DeploymentGate(state_dim(tiny_base.hidden_size), hidden_dim=0), tmp_path / "gate")
+    return assemble_bundle(tmp_path / "safe", str(tmp_path / "base"), tmp_path / "stage_a", tmp_path / "gate")
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_registered_champion_loads_from_code_without_unpickling(project, safe_bundle, monkeypatch):
+    """Models-from-code: no CloudPickle warning when logging or loading, and loading works with unpickling forbidden."""
+    import pandas as pd
+
+    records = _Records()
+    logging.getLogger("mlflow").addHandler(records)  # MLflow's loggers do not propagate to pytest's capture
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = tracking.promote(safe_bundle, GOOD, Thresholds())
+            monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # a pickled model would raise here
+            model = tracking.load_champion()
+    finally:
+        logging.getLogger("mlflow").removeHandler(records)
+    said = [str(w.message) for w in caught] + records.messages
+    assert not [m for m in said if "cloudpickle" in m.lower()], said
+    assert result.decision == "champion"
+    out = model.predict(pd.DataFrame({"image": [None], "audio": [None], "question": ["how many beeps ?"]}))
+    assert out.budget[0] == 0 and isinstance(out.answer[0], str)
+    root = next(p for p in tracking.download_bundle().parents if (p / "MLmodel").is_file())
+    flavor = yaml.safe_load((root / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["model_code_path"].endswith("pyfunc_model.py") and "python_model" not in flavor
+    assert not list(root.rglob("*.pkl"))
 
 
 def test_registered_champion_answers_through_pyfunc(project, tmp_path, tiny_base):

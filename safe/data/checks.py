@@ -76,6 +76,7 @@ class CheckReport:
     n_rows: int
     n_expectations: int
     failures: tuple[CheckFailure, ...] = ()
+    docs: Path | None = None  # the Data Docs index.html the checkpoint wrote, when asked to
 
     @property
     def success(self) -> bool:
@@ -112,6 +113,7 @@ class CheckReport:
             "n_rows": self.n_rows,
             "n_expectations": self.n_expectations,
             "failures": [f.to_json() for f in self.failures],
+            **({"data_docs": str(self.docs)} if self.docs else {}),
         }
 
     def write_json(self, path: str | os.PathLike) -> Path:
@@ -133,23 +135,53 @@ def _quiet_gx() -> Iterator[Any]:
         yield gx
 
 
-def _run_suite(name: str, df: pd.DataFrame, expectations: list) -> list:
-    """Validate `df` against `expectations` in a fresh ephemeral context; returns GX's per-expectation results."""
+def expectation(kind: str, notes: str, **kwargs: Any) -> dict[str, Any]:
+    """One expectation declared as data: GX's configuration dict (type, kwargs) plus why it is there."""
+    return {"type": kind, "kwargs": kwargs, "notes": notes}
+
+
+def run_checkpoint(name: str, df: pd.DataFrame, expectations: Sequence[Mapping[str, Any]],
+                   docs_dir: str | os.PathLike | None = None) -> list:
+    """Validate `df` against a suite of expectation configurations through a GX Checkpoint; returns the results.
+
+    The suite, its ValidationDefinition and the Checkpoint live in a fresh ephemeral context. With `docs_dir`, the
+    Checkpoint's UpdateDataDocsAction writes the HTML Data Docs (suite + this validation) into that folder.
+    """
     with _quiet_gx() as gx:
         from great_expectations.data_context.types.base import ProgressBarsConfig
+        from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
         batch_definition = (
             context.data_sources.add_pandas(name).add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
         )
-        suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-        batch = batch_definition.get_batch(batch_parameters={"dataframe": df})
-        return list(batch.validate(suite, result_format=_RESULT_FORMAT).results)
+        configs = [ExpectationConfiguration(type=e["type"], kwargs=dict(e["kwargs"]), notes=e.get("notes"))
+                   for e in expectations]
+        suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=configs))
+        if len(suite.expectations) != len(configs):  # GX logs and drops an invalid configuration
+            raise ValueError(f"{name} suite: {len(configs) - len(suite.expectations)} expectation(s) rejected by GX")
+        validation = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_definition,
+                                                                               suite=suite))
+        actions = []
+        if docs_dir is not None:
+            context.add_data_docs_site(DOCS_SITE, {
+                "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                                  "base_directory": str(Path(docs_dir).absolute())}})
+            actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE]))
+        checkpoint = context.checkpoints.add(gx.Checkpoint(name=name, validation_definitions=[validation],
+                                                           actions=actions, result_format=_RESULT_FORMAT))
+        result = checkpoint.run(batch_parameters={"dataframe": df})
+        return [r for run in result.run_results.values() for r in run.results]
 
 
-def _failures(results: list, reasons: Mapping[str, Mapping[str, str]] | None = None) -> list[CheckFailure]:
-    """Turn failed GX results into CheckFailures; `reasons[column][row id]` adds per-row explanations."""
+DOCS_SITE = "safe"
+DOCS_INDEX = "index.html"
+
+
+def _failures(results: list) -> list[CheckFailure]:
+    """Turn failed GX results into CheckFailures; on `*_error` columns the unexpected values say why per row."""
     out = []
     for res in results:
         if res.success:
@@ -160,10 +192,13 @@ def _failures(results: list, reasons: Mapping[str, Mapping[str, str]] | None = N
             f"{kwargs['column_A']}=={kwargs['column_B']}" if "column_A" in kwargs else None
         )
         result = res.result or {}
-        index = result.get("unexpected_index_list") or []
-        rows = tuple(dict.fromkeys(str(r["id"]) for r in index if isinstance(r, dict)))  # duplicates: once
+        index = [r for r in result.get("unexpected_index_list") or [] if isinstance(r, dict)]
+        rows = tuple(dict.fromkeys(str(r["id"]) for r in index))  # duplicates: once
         count = int(result.get("unexpected_count") or len(rows) or 1)
         exc = (res.exception_info or {}).get("exception_message") if isinstance(res.exception_info, dict) else None
+        reasons = {}
+        if column and column.endswith("_error"):
+            reasons = {str(r["id"]): str(r[column]) for r in index if r.get(column) is not None}
         out.append(
             CheckFailure(
                 expectation=cfg.type,
@@ -171,29 +206,18 @@ def _failures(results: list, reasons: Mapping[str, Mapping[str, str]] | None = N
                 count=count,
                 rows=rows,
                 detail=exc or _detail(cfg.type, column, kwargs, result),
-                reasons={r: reasons[column][r] for r in rows if reasons and column in reasons and r in reasons[column]},
+                reasons=reasons,
             )
         )
     return out
 
 
-# Derived boolean columns -> what a False row means.
-_MEANING = {
-    "image_exists": "image file missing",
-    "image_decodable": "image does not decode",
-    "audio_exists": "audio file missing",
-    "audio_readable": "audio does not decode",
-    "audio_when_needed": "needs_audio is true but audio is null",
-    "finite": "NaN/inf values",
-}
-
-
 def _detail(kind: str, column: str | None, kwargs: Mapping[str, Any], result: Mapping[str, Any]) -> str:
     """A short human explanation: what was expected, and the offending values or observed statistic."""
-    if column in _MEANING:
-        return _MEANING[column]
+    if column in ("image_error", "audio_error"):
+        return f"{column.split('_')[0]} missing or unreadable"
     if kind == "expect_column_values_to_not_be_null":
-        return "field missing or null"
+        return "needs_audio is true but audio is null" if column == "audio" else "field missing or null"
     if kind == "expect_column_values_to_match_regex":
         return "empty or blank"
     parts = []
@@ -201,8 +225,12 @@ def _detail(kind: str, column: str | None, kwargs: Mapping[str, Any], result: Ma
     bad = list(dict.fromkeys(map(repr, plain)))
     if bad:
         parts.append("got " + ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else ""))
-    if "value_set" in kwargs:
+    if "value_set" in kwargs and len(kwargs["value_set"]) <= 12:
         parts.append(f"allowed: {', '.join(map(str, kwargs['value_set']))}")
+    if "value_pairs_set" in kwargs:
+        parts.append("not an expected (source, family) pair; set data.families in params.yaml")
+    if kwargs.get("mostly") is not None:
+        parts.append(f"expected at least {kwargs['mostly']:.0%} of rows")
     if kind.endswith("to_be_between"):
         parts.append(f"expected {kwargs.get('min_value')}..{kwargs.get('max_value')}")
     if "observed_value" in result:
@@ -216,80 +244,144 @@ def _detail(kind: str, column: str | None, kwargs: Mapping[str, Any], result: Ma
 
 # ---------------------------------------------------------------------------------------------- manifest suite
 
+FREE_TEXT_FAMILIES = ("caption", "audio_caption")
+"""Families whose answers are free text (captions): left out of the answer-vocabulary coverage check."""
+MAX_TEXT_CHARS = 2000
+
+
+def families_by_source(configured: Mapping[str, Sequence[str]] | None = None) -> dict[str, tuple[str, ...]]:
+    """Allowed families per source: the synthetic generator's and every ingest adapter's, overridden by params."""
+    from safe.data.formats import ADAPTERS
+
+    known = {"synth": SYNTH_FAMILIES, **{a.source: tuple(a.families) for a in ADAPTERS.values()}}
+    return {**known, **{k: tuple(v) for k, v in (configured or {}).items()}}
+
 
 def validate_manifest(
     manifest_path: str | os.PathLike,
-    expected_families: Sequence[str] | None = None,
+    expected_families: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     family_proportions: Mapping[str, float] | None = None,
     tolerance: float = 0.1,
-    audio_seconds: tuple[float, float] = (0.05, 30.0),
-    sample_rates: Sequence[int] | None = (16000,),
+    audio_seconds: tuple[float, float | None] = (0.05, 30.0),
+    sample_rates: Sequence[int] | None = None,
     split_proportions: Mapping[str, float] | None = None,
     check_media: bool = True,
     decode_audio: bool = True,
     workers: int = 4,
+    min_answer_coverage: float | None = None,
+    docs_dir: str | os.PathLike | None = None,
 ) -> CheckReport:
-    """Run the manifest suite on a JSONL manifest.
+    """Run the manifest suite on a JSONL manifest through a GX Checkpoint (Data Docs into `docs_dir` when given).
 
     Rows are read as raw JSON (not through `read_manifest`, which would refuse the very defects we want to
-    report). Checks: the schema columns exist; id present and unique; question/answer non-empty; split in
-    train/val/test; family in `expected_families` (default: the synthetic families); needs_audio boolean and
-    backed by an audio file; optional family/split shares within `tolerance` (absolute) of the given
-    proportions; with `check_media`, media files exist, audio is readable (header, and fully decoded when
-    `decode_audio`, which catches truncated/NaN files) with duration in `audio_seconds` and sample rate in
-    `sample_rates` (None: any), and images decode. Unparseable JSON lines are reported by line number.
+    report). Checks: the schema columns exist; id present and unique; question/answer non-empty and of sane length;
+    split in train/val/test; family allowed (`expected_families`: a list for every source, or a mapping source ->
+    families checked on the (source, family) pair; default: the synthetic families); needs_audio boolean and
+    backed by an audio path; optional family/split shares within `tolerance` (absolute) of the given
+    proportions; with `min_answer_coverage`, that share of val/test answers (free-text families excluded) occurs
+    among training answers; with `check_media`, media files exist and decode (audio fully decoded when
+    `decode_audio`, which catches truncated/NaN files), audio lasts `audio_seconds` (max None: any) at a rate in
+    `sample_rates` (None: any). Unparseable JSON lines are reported by line number.
     """
     path = Path(manifest_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest file not found")
-    families = tuple(expected_families) if expected_families is not None else SYNTH_FAMILIES
     rows, bad_lines = _read_rows(path)
     df = pd.DataFrame(rows)
     present = [c for c in df.columns if not c.startswith("_")]
-    with _quiet_gx() as gx:
-        E = gx.expectations
-        exp: list = [E.ExpectTableColumnsToMatchSet(column_set=list(MANIFEST_COLUMNS), exact_match=False)]
-        exp += [E.ExpectColumnValuesToNotBeNull(column="_id_field"), E.ExpectColumnValuesToBeUnique(column="id")]
-        for col in MANIFEST_COLUMNS[1:]:
-            if col in present and col not in ("image", "audio"):
-                exp.append(E.ExpectColumnValuesToNotBeNull(column=col))
-        for col in ("question", "answer"):
-            if col in present:
-                exp.append(E.ExpectColumnValuesToMatchRegex(column=col, regex=r"\S"))
-        if "split" in present:
-            exp.append(E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)))
-        if "family" in present:
-            exp.append(E.ExpectColumnValuesToBeInSet(column="family", value_set=list(families)))
-        if "needs_audio" in present:
-            exp.append(E.ExpectColumnValuesToBeInSet(column="needs_audio", value_set=[True, False]))
-            df["audio_when_needed"] = _audio_when_needed(df)
-            exp.append(E.ExpectColumnValuesToBeInSet(column="audio_when_needed", value_set=[True]))
-        exp += _proportion_expectations(E, df, "family", family_proportions, tolerance)
-        exp += _proportion_expectations(E, df, "split", split_proportions, tolerance)
-        reasons: dict[str, dict[str, str]] = {}
-        if check_media:
-            reasons = _add_media_columns(df, path.parent, decode_audio, workers)
-            exp += [
-                E.ExpectColumnValuesToBeInSet(column="image_exists", value_set=[True]),
-                E.ExpectColumnValuesToBeInSet(column="image_decodable", value_set=[True]),
-                E.ExpectColumnValuesToBeInSet(column="audio_exists", value_set=[True]),
-                E.ExpectColumnValuesToBeInSet(column="audio_readable", value_set=[True]),
-                E.ExpectColumnValuesToBeBetween(
-                    column="audio_seconds", min_value=audio_seconds[0], max_value=audio_seconds[1]
-                ),
-            ]
-            if sample_rates is not None:
-                exp.append(E.ExpectColumnValuesToBeInSet(column="audio_sample_rate", value_set=list(sample_rates)))
+    exp = manifest_expectations(df, present, expected_families, family_proportions, split_proportions, tolerance,
+                                min_answer_coverage)
+    if check_media:
+        _add_media_columns(df, path.parent, decode_audio, workers)
+        exp += media_expectations(audio_seconds, sample_rates)
     if df.empty:
         failures = [CheckFailure("expect_table_row_count_to_be_between", None, 1, detail="manifest has no rows")]
         n_exp = 1
     else:
-        failures = _failures(_run_suite("manifest", df, exp), reasons)
+        failures = _failures(run_checkpoint("manifest", df, exp, docs_dir))
         n_exp = len(exp)
     if bad_lines:
         failures.insert(0, CheckFailure("valid_json_line", None, len(bad_lines), tuple(bad_lines), "not a JSON object"))
         n_exp += 1
-    return CheckReport("manifest", str(path), len(df) + len(bad_lines), n_exp, tuple(failures))
+    docs = Path(docs_dir) / DOCS_INDEX if docs_dir is not None and not df.empty else None
+    return CheckReport("manifest", str(path), len(df) + len(bad_lines), n_exp, tuple(failures), docs)
+
+
+def manifest_expectations(df: pd.DataFrame, present: Sequence[str], families, family_proportions, split_proportions,
+                          tolerance: float, min_answer_coverage: float | None) -> list[dict[str, Any]]:
+    """The manifest suite's expectations on the rows' own columns (adds the share indicator columns to `df`)."""
+    E = expectation
+    exp = [E("expect_table_columns_to_match_set", "every manifest column is there",
+             column_set=list(MANIFEST_COLUMNS), exact_match=False),
+           E("expect_column_values_to_not_be_null", "every row has a string id", column="_id_field"),
+           E("expect_column_values_to_be_unique", "ids name one example each", column="id")]
+    for col in MANIFEST_COLUMNS[1:]:
+        if col in present and col not in ("image", "audio"):
+            exp.append(E("expect_column_values_to_not_be_null", f"{col} is required", column=col))
+    for col in ("question", "answer"):
+        if col in present:
+            exp.append(E("expect_column_values_to_match_regex", f"{col} is not blank", column=col, regex=r"\S"))
+            exp.append(E("expect_column_value_lengths_to_be_between", f"{col} fits a prompt", column=col,
+                         min_value=1, max_value=MAX_TEXT_CHARS))
+    if "split" in present:
+        exp.append(E("expect_column_values_to_be_in_set", "known splits", column="split", value_set=list(SPLITS)))
+    if "family" in present:
+        if isinstance(families, Mapping) and "source" in present:
+            pairs = [[source, fam] for source, fams in sorted(families.items()) for fam in fams]
+            exp.append(E("expect_column_pair_values_to_be_in_set",
+                         "each source only asks its own families (from params.yaml or the source's adapter)",
+                         column_A="source", column_B="family", value_pairs_set=pairs))
+        else:
+            allowed = list(families) if families is not None and not isinstance(families, Mapping) else \
+                list(SYNTH_FAMILIES)
+            exp.append(E("expect_column_values_to_be_in_set", "known families", column="family", value_set=allowed))
+    if "needs_audio" in present:
+        exp.append(E("expect_column_values_to_be_in_set", "needs_audio is a boolean", column="needs_audio",
+                     value_set=[True, False]))
+        if "audio" not in df.columns:
+            df["audio"] = None
+        exp.append(E("expect_column_values_to_not_be_null", "a question that needs audio has a clip",
+                     column="audio", row_condition="needs_audio==True", condition_parser="pandas"))
+    exp += _proportion_expectations(df, "family", family_proportions, tolerance)
+    exp += _proportion_expectations(df, "split", split_proportions, tolerance)
+    if min_answer_coverage is not None and {"answer", "split", "family"} <= set(present):
+        exp += _coverage_expectations(df, min_answer_coverage)
+    return exp
+
+
+def _coverage_expectations(df: pd.DataFrame, min_coverage: float) -> list[dict[str, Any]]:
+    """Val/test answers of short-answer families should be answers the model saw in training."""
+    short = ~df["family"].isin(FREE_TEXT_FAMILIES)
+    train = df["answer"][short & (df["split"] == "train")].dropna().astype(str)
+    held = short & df["split"].isin(("val", "test"))
+    if train.empty or not held.any():
+        return []
+    vocabulary = sorted(set(train))
+    condition = f'split!="train" and family not in {list(FREE_TEXT_FAMILIES)}'
+    return [expectation("expect_column_values_to_be_in_set",
+                        "val/test answers occur among training answers (answer-vocabulary coverage)",
+                        column="answer", value_set=vocabulary, mostly=float(min_coverage), row_condition=condition,
+                        condition_parser="pandas")]
+
+
+def media_expectations(audio_seconds: tuple[float, float | None], sample_rates: Sequence[int] | None) -> list[dict]:
+    """Expectations on the per-row media facts `_add_media_columns` derives (nulls: rows without that media)."""
+    E = expectation
+    exp = [E("expect_column_values_to_be_null", "every image exists and decodes", column="image_error"),
+           E("expect_column_values_to_be_null", "every clip exists and decodes", column="audio_error"),
+           E("expect_column_values_to_be_between", "clip durations in the accepted range (data settings)",
+             column="audio_seconds", min_value=audio_seconds[0], max_value=audio_seconds[1])]
+    if sample_rates is not None:
+        exp.append(E("expect_column_values_to_be_in_set", "sample rates in data.sample_rates",
+                     column="audio_sample_rate", value_set=[int(r) for r in sample_rates]))
+    else:
+        exp.append(E("expect_column_values_to_be_between", "a sample rate the loader can resample from",
+                     column="audio_sample_rate", min_value=MIN_SAMPLE_RATE, max_value=MAX_SAMPLE_RATE))
+    return exp
+
+
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
+"""Rates accepted when data.sample_rates is null: what soxr (the loader's resampler) handles."""
 
 
 def _read_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
@@ -325,12 +417,7 @@ def _read_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, bad
 
 
-def _audio_when_needed(df: pd.DataFrame) -> list[bool]:
-    audio = df["audio"] if "audio" in df.columns else pd.Series([None] * len(df))
-    return [not (need is True) or isinstance(a, str) for need, a in zip(df["needs_audio"], audio)]
-
-
-def _proportion_expectations(E, df: pd.DataFrame, column: str, proportions, tolerance: float) -> list:
+def _proportion_expectations(df: pd.DataFrame, column: str, proportions, tolerance: float) -> list:
     """One mean-of-indicator expectation per value: share of rows with `column == value` within tolerance."""
     if not proportions or column not in df.columns:
         return []
@@ -338,34 +425,30 @@ def _proportion_expectations(E, df: pd.DataFrame, column: str, proportions, tole
     for value, share in proportions.items():
         indicator = f"share_{column}_{value}"
         df[indicator] = (df[column] == value).astype(float)
-        exps.append(
-            E.ExpectColumnMeanToBeBetween(
-                column=indicator, min_value=max(0.0, share - tolerance), max_value=min(1.0, share + tolerance)
-            )
-        )
+        exps.append(expectation(
+            "expect_column_mean_to_be_between", f"share of {column} {value} near {share:g}", column=indicator,
+            min_value=max(0.0, share - tolerance), max_value=min(1.0, share + tolerance)))
     return exps
 
 
-def _add_media_columns(df: pd.DataFrame, root: Path, decode_audio: bool, workers: int) -> dict[str, dict[str, str]]:
-    """Per-row media facts as columns (None where the row has no such media); returns error texts by column/id."""
-    ids = list(df["id"])
+def _add_media_columns(df: pd.DataFrame, root: Path, decode_audio: bool, workers: int) -> None:
+    """Per-row media facts as columns: `*_error` (None when fine or absent), audio seconds and sample rate."""
     images = list(df["image"]) if "image" in df.columns else [None] * len(df)
     audios = list(df["audio"]) if "audio" in df.columns else [None] * len(df)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # file I/O and decoders release the GIL
         image_facts = list(pool.map(lambda rel: _probe_image(root, rel), images))
         audio_facts = list(pool.map(lambda rel: _probe_audio(root, rel, decode_audio), audios))
-    df["image_exists"] = [f[0] for f in image_facts]
-    df["image_decodable"] = [f[1] for f in image_facts]
-    df["audio_exists"] = [f[0] for f in audio_facts]
-    df["audio_readable"] = [f[1] for f in audio_facts]
+    df["image_error"] = [_error(f[0], f[1], f[2], rel) for f, rel in zip(image_facts, images)]
+    df["audio_error"] = [_error(f[0], f[1], f[4], rel) for f, rel in zip(audio_facts, audios)]
     df["audio_seconds"] = pd.array([f[2] for f in audio_facts], dtype="Float64")
     df["audio_sample_rate"] = pd.array([f[3] for f in audio_facts], dtype="Int64")
-    reasons: dict[str, dict[str, str]] = {}
-    for column, facts, slot in (("image_decodable", image_facts, 2), ("audio_readable", audio_facts, 4)):
-        reasons[column] = {i: f[slot] for i, f in zip(ids, facts) if f[slot] and f[0]}
-    for column, facts, slot in (("image_exists", image_facts, 2), ("audio_exists", audio_facts, 4)):
-        reasons[column] = {i: f[slot] for i, f in zip(ids, facts) if f[slot] and f[0] is False}
-    return reasons
+
+
+def _error(exists: bool | None, readable: bool | None, message: str, rel: Any) -> str | None:
+    """What is wrong with one media entry, or None (fine, or the row has no such media)."""
+    if exists is None or (exists and readable):
+        return None
+    return message or (f"{rel}: file not found" if not exists else f"{rel}: does not decode")
 
 
 def _resolve(root: Path, rel: Any) -> Path | None:
@@ -432,18 +515,26 @@ def validate_features(
     arrays: Mapping[str, np.ndarray] | pd.DataFrame,
     expected_dim: int | Mapping[str, int] | None,
     ids: Sequence[str] | None = None,
+    splits: Sequence[str] | None = None,
+    dim_checks: Sequence[str] = (),
+    max_mean_shift: float = 1.0,
+    docs_dir: str | os.PathLike | None = None,
 ) -> CheckReport:
-    """Check cached feature arrays: every row finite and the last axis of size `expected_dim`.
+    """Check cached feature arrays: every row finite and the last axis of size `expected_dim`; and, for the arrays
+    named in `dim_checks` (given each row's split in `splits`), per dimension: no constant dimension over the
+    training rows, and the val/test rows' mean within `max_mean_shift` training standard deviations of the
+    training mean (a swapped encoder or broken normalisation moves it).
 
     `arrays` maps a name to an array whose first axis indexes examples: (N, D) pooled or (N, T, D) sequences
     (a DataFrame is taken as one (N, columns) array named "features", its index as ids). `expected_dim` is
     one size for all arrays, a size per name, or None to skip the dim check. Failing rows are named
-    "<name>[i]", or "<name>:<id>" when `ids` (length N) are given.
+    "<name>[i]", or "<name>:<id>" when `ids` (length N) are given; failing dimensions "<name>[d<j>]".
+    Both tables go through GX Checkpoints; with `docs_dir` their Data Docs are written there.
     """
     if isinstance(arrays, pd.DataFrame):
         ids = [str(i) for i in arrays.index] if ids is None else ids
         arrays = {"features": arrays.to_numpy(dtype=np.float64)}
-    frames = []
+    frames, dims = [], []
     for name, arr in arrays.items():
         arr = np.asarray(arr)
         n = arr.shape[0] if arr.ndim else 1
@@ -458,20 +549,52 @@ def validate_features(
                 {
                     "id": [f"{name}:{i}" for i in ids] if ids is not None else [f"{name}[{i}]" for i in range(n)],
                     "array": name,
-                    "finite": finite,
+                    "non_finite_values": (~np.isfinite(flat)).sum(axis=1) if not finite.all() else np.zeros(n, int),
                     "dim": np.full(n, dim, dtype=np.int64),
                     "expected_dim": np.full(n, dim if want is None else want, dtype=np.int64),
                 }
             )
         )
+        if name in dim_checks and splits is not None:
+            dims.append(_dimension_table(name, arr, finite, splits))
     if not frames:
         raise ValueError("validate_features needs at least one array")
     df = pd.concat(frames, ignore_index=True)
-    with _quiet_gx() as gx:
-        E = gx.expectations
-        exp = [
-            E.ExpectColumnValuesToBeInSet(column="finite", value_set=[True]),
-            E.ExpectColumnPairValuesToBeEqual(column_A="dim", column_B="expected_dim"),
-        ]
-    failures = _failures(_run_suite("features", df, exp))
-    return CheckReport("features", ", ".join(arrays), len(df), len(exp), tuple(failures))
+    E = expectation
+    exp = [E("expect_column_values_to_be_between", "every value is finite (no NaN/inf)", column="non_finite_values",
+             min_value=0, max_value=0),
+           E("expect_column_pair_values_to_be_equal", "the encoder's embedding size", column_A="dim",
+             column_B="expected_dim")]
+    failures = _failures(run_checkpoint("features", df, exp, docs_dir))
+    n_exp, n_rows = len(exp), len(df)
+    table = pd.concat(dims, ignore_index=True) if dims else pd.DataFrame()
+    if not table.empty:
+        dim_exp = [E("expect_column_values_to_be_between", "no constant dimension over the training rows",
+                     column="train_std", min_value=CONSTANT_STD, strict_min=True),
+                   E("expect_column_values_to_be_between",
+                     "val/test mean within max_mean_shift training stds of the training mean",
+                     column="heldout_mean_shift", min_value=0.0, max_value=max_mean_shift)]
+        failures += _failures(run_checkpoint("feature_dimensions", table, dim_exp, docs_dir))
+        n_exp += len(dim_exp)
+    docs = Path(docs_dir) / DOCS_INDEX if docs_dir is not None else None
+    return CheckReport("features", ", ".join(arrays), n_rows, n_exp, tuple(failures), docs)
+
+
+CONSTANT_STD = 1e-8
+"""A training standard deviation at or below this marks a dimension that carries no information."""
+
+
+def _dimension_table(name: str, arr: np.ndarray, finite: np.ndarray, splits: Sequence[str]) -> pd.DataFrame:
+    """Per dimension of `arr` (last axis): the training rows' std and the held-out rows' mean shift in those stds."""
+    flat = arr.reshape(arr.shape[0], -1, arr.shape[-1]).mean(axis=1).astype(np.float64)  # (N, D)
+    split = np.asarray(splits)
+    if len(split) != len(flat):
+        raise ValueError(f"features {name!r}: {len(flat)} rows but {len(split)} splits")
+    train, held = flat[(split == "train") & finite], flat[(split != "train") & finite]
+    if len(train) < 2:
+        return pd.DataFrame()
+    std = train.std(axis=0)
+    shift = np.abs(held.mean(axis=0) - train.mean(axis=0)) / np.maximum(std, CONSTANT_STD) if len(held) else \
+        np.zeros(flat.shape[1])
+    return pd.DataFrame({"id": [f"{name}[d{j}]" for j in range(flat.shape[1])], "train_std": std,
+                         "heldout_mean_shift": shift})

@@ -1,4 +1,4 @@
-"""`safe ingest`, `safe synth` and `safe validate`: the data subcommands of the `safe` console script.
+"""`safe ingest`, `safe synth`, `safe validate` and `safe merge`: the data subcommands of the `safe` console script.
 
 `register(subparsers)` adds them; each sets `func` to a function taking the parsed args and returning the
 exit code. Bad input (a missing or malformed file, a bad option) raises `UserError` or a library error naming
@@ -68,8 +68,8 @@ def register(subparsers: argparse._SubParsersAction,
     p.add_argument("--split-proportions", type=_shares, help="expected shares, e.g. train=0.7,val=0.15,test=0.15")
     p.add_argument("--tolerance", type=_share, default=0.1, help="allowed absolute deviation of a share, in [0, 1] "
                    "(default: 0.1)")
-    p.add_argument("--sample-rates", default="16000", help="allowed audio sample rates, comma-separated, or 'any' "
-                   "(default: 16000)")
+    p.add_argument("--sample-rates", default="any", help="allowed audio sample rates, comma-separated, or 'any' "
+                   "(default: every rate the loader resamples)")
     p.add_argument("--min-seconds", type=_non_negative_float, default=0.05, help="shortest allowed clip in seconds "
                    "(default: 0.05)")
     p.add_argument("--max-seconds", type=_positive_float, default=30.0, help="longest allowed clip in seconds "
@@ -79,6 +79,36 @@ def register(subparsers: argparse._SubParsersAction,
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     add_common(p)
     p.set_defaults(func=cmd_validate)
+
+    _register_merge(subparsers)
+
+
+def _register_merge(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "merge",
+        help="combine several manifests (e.g. one per ingested source) into one",
+        description="Write one manifest from several: ids must be unique across them, media paths are rewritten to "
+        "resolve from OUT's folder, and a source whose rows all carry one split is re-split train/val/test by a "
+        "hash of each id (--val-ratio/--test-ratio). Prints the rows per source and split.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IN.jsonl")
+    p.add_argument("--out", required=True, type=Path, help="manifest to write (.jsonl)")
+    p.add_argument("--val-ratio", type=float, default=0.15, help="val share for single-split sources")
+    p.add_argument("--test-ratio", type=float, default=0.15, help="test share for single-split sources")
+    p.set_defaults(func=cmd_merge)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from safe.data.manifest import ManifestError
+    from safe.data.merge import MergeError, SplitRatios, merge_manifests
+
+    _check_output_file(args.out, "--out")
+    try:
+        report = merge_manifests(args.inputs, args.out, SplitRatios(val=args.val_ratio, test=args.test_ratio))
+    except (MergeError, ManifestError) as err:
+        raise UserError(str(err), where="safe merge", fix="fix the named manifest or row, then run it again") from None
+    print(report.summary())
+    return 0
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -128,11 +128,13 @@ class LlavaCollator:
 class BalancedBatchSampler(Sampler[list[int]]):
     """Every batch holds round(batch_size * audio_ratio) audio-dependent examples; the rest are VL-only.
 
-    Each group is reshuffled when exhausted (seeded), so any number of batches can be drawn.
+    Without `weights` each group is reshuffled when exhausted (seeded), so any number of batches can be drawn. With
+    `weights` (one per example, e.g. from `example_weights`), each group's rows are drawn with probability in
+    proportion to their weight (seeded), so a small source or family can be seen as often as a large one.
     """
 
     def __init__(self, needs_audio: Sequence[bool], batch_size: int, audio_ratio: float = 0.5,
-                 num_batches: int = 100, seed: int = 0):
+                 num_batches: int = 100, seed: int = 0, weights: Sequence[float] | None = None):
         self.audio_idx = [i for i, n in enumerate(needs_audio) if n]
         self.vl_idx = [i for i, n in enumerate(needs_audio) if not n]
         self.n_audio = int(round(batch_size * audio_ratio))
@@ -141,6 +143,14 @@ class BalancedBatchSampler(Sampler[list[int]]):
             raise ValueError("audio_ratio > 0 but the dataset has no audio-dependent examples")
         if self.n_vl and not self.vl_idx:
             raise ValueError("audio_ratio < 1 but the dataset has no VL-only examples")
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != (len(needs_audio),) or not np.all(np.isfinite(weights)) or (weights < 0).any():
+                raise ValueError(f"weights must be {len(needs_audio)} finite values >= 0, one per example")
+            for name, idx, n in (("audio-dependent", self.audio_idx, self.n_audio), ("VL-only", self.vl_idx, self.n_vl)):
+                if n and weights[idx].sum() <= 0:
+                    raise ValueError(f"every {name} example has weight 0; give some source/family a weight > 0")
+        self.weights = weights
         self.batch_size = batch_size
         self.num_batches = num_batches
         self.seed = seed
@@ -155,13 +165,34 @@ class BalancedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng(self.seed)
-        pools = {"audio": _Cycle(self.audio_idx, rng), "vl": _Cycle(self.vl_idx, rng)}
+        pool = _Cycle if self.weights is None else (lambda items, r: _Weighted(items, self.weights, r))
+        pools = {"audio": pool(self.audio_idx, rng), "vl": pool(self.vl_idx, rng)}
         start, self.start = self.start, 0
         for index in range(self.num_batches):
             batch = pools["audio"].take(self.n_audio) + pools["vl"].take(self.n_vl)
             rng.shuffle(batch)
             if index >= start:
                 yield [int(i) for i in batch]
+
+
+def example_weights(records: Sequence[ManifestRecord], source_weights: Mapping[str, float],
+                    family_weights: Mapping[str, float]) -> list[float] | None:
+    """Sampling weight per record: its source's weight x its family's (1 when not named); None when none is set."""
+    if not source_weights and not family_weights:
+        return None
+    return [float(source_weights.get(r.source, 1.0)) * float(family_weights.get(r.family, 1.0)) for r in records]
+
+
+class _Weighted:
+    def __init__(self, items: Sequence[int], weights: np.ndarray, rng: np.random.Generator):
+        self.items, self.rng = np.asarray(items, dtype=np.int64), rng
+        w = weights[self.items] if len(self.items) else np.zeros(0)
+        self.p = w / w.sum() if w.sum() > 0 else None
+
+    def take(self, n: int) -> list[int]:
+        if n == 0:
+            return []
+        return [int(i) for i in self.rng.choice(self.items, size=n, replace=True, p=self.p)]
 
 
 class _Cycle:

@@ -87,12 +87,12 @@ def defect_report(tmp_path_factory) -> CheckReport:
         ("expect_column_values_to_match_regex", "answer", "empty-answer"),
         ("expect_column_values_to_be_in_set", "family", "odd-family"),
         ("expect_column_values_to_be_in_set", "split", "bad-split"),
-        ("expect_column_values_to_be_in_set", "image_exists", "gone-image"),
-        ("expect_column_values_to_be_in_set", "audio_readable", "garbage-audio"),
+        ("expect_column_values_to_be_null", "image_error", "gone-image"),
+        ("expect_column_values_to_be_null", "audio_error", "garbage-audio"),
         ("expect_column_values_to_be_in_set", "audio_sample_rate", "phone-audio"),
         ("expect_column_values_to_be_between", "audio_seconds", "long-audio"),
-        ("expect_column_values_to_be_in_set", "image_decodable", "broken-image"),
-        ("expect_column_values_to_be_in_set", "audio_when_needed", "needs-but-none"),
+        ("expect_column_values_to_be_null", "image_error", "broken-image"),
+        ("expect_column_values_to_not_be_null", "audio", "needs-but-none"),
         ("expect_column_values_to_be_unique", "id", "ex00"),
     ],
 )
@@ -106,13 +106,14 @@ def test_each_planted_defect_is_caught_with_its_row(defect_report, expectation, 
 def test_defects_do_not_flag_clean_rows(defect_report):
     flagged = {r for f in defect_report.failures for r in f.rows}
     assert not flagged & {"ex01", "ex02", "ex03", "ex04"}
-    assert _failure(defect_report, "expect_column_values_to_be_in_set", "audio_readable").rows == ("garbage-audio",)
+    assert _failure(defect_report, "expect_column_values_to_be_null", "audio_error").rows == ("garbage-audio",)
 
 
 def test_media_failures_say_why_and_json_round_trips(defect_report, tmp_path):
-    unreadable = _failure(defect_report, "expect_column_values_to_be_in_set", "audio_readable")
+    unreadable = _failure(defect_report, "expect_column_values_to_be_null", "audio_error")
     assert "not a readable audio file" in unreadable.reasons["garbage-audio"]
-    broken = _failure(defect_report, "expect_column_values_to_be_in_set", "image_decodable")
+    broken = _failure(defect_report, "expect_column_values_to_be_null", "image_error")
+    assert broken.reasons["gone-image"] == "file not found: images/nope.png"
     assert "corrupt" in broken.reasons["broken-image"] or "truncated" in broken.reasons["broken-image"]
     assert _failure(defect_report, "valid_json_line", None).rows == ("line 17",)
     saved = json.loads(defect_report.write_json(tmp_path / "report.json").read_text())
@@ -147,7 +148,7 @@ def test_features_clean_nan_and_wrong_dim():
     bad = good.copy()
     bad[3, 5] = np.nan
     report = validate_features({"audio": bad}, expected_dim=8, ids=[f"ex{i}" for i in range(6)])
-    assert _failure(report, "expect_column_values_to_be_in_set", "finite").rows == ("audio:ex3",)
+    assert _failure(report, "expect_column_values_to_be_between", "non_finite_values").rows == ("audio:ex3",)
 
     report = validate_features({"audio": good, "clap": rng.normal(size=(4, 7))}, expected_dim={"audio": 8, "clap": 8})
     dim = _failure(report, "expect_column_pair_values_to_be_equal", "dim==expected_dim")
@@ -157,4 +158,61 @@ def test_features_clean_nan_and_wrong_dim():
 def test_features_from_dataframe():
     frame = pd.DataFrame({"a": [1.0, np.inf], "b": [0.0, 1.0]}, index=["x", "y"])
     report = validate_features(frame, expected_dim=2)
-    assert _failure(report, "expect_column_values_to_be_in_set", "finite").rows == ("features:y",)
+    assert _failure(report, "expect_column_values_to_be_between", "non_finite_values").rows == ("features:y",)
+
+
+def test_sample_rates_and_durations_are_settings(tmp_path):
+    rows = _clean_rows(tmp_path, 5)
+    write_wav(tmp_path / "audio" / "ex01.wav", np.zeros(44100 * 2), 44100)  # a 2 s clip at 44.1 kHz
+    path = _write(tmp_path, rows)
+    assert validate_manifest(path).success  # default: any rate the loader resamples
+    pinned = validate_manifest(path, sample_rates=(16000,), audio_seconds=(0.05, 1.0))
+    assert _failure(pinned, "expect_column_values_to_be_in_set", "audio_sample_rate").rows == ("ex01",)
+    assert _failure(pinned, "expect_column_values_to_be_between", "audio_seconds").rows == ("ex01",)
+
+
+def test_families_are_checked_per_source_from_the_adapters(tmp_path):
+    from safe.data.checks import families_by_source
+
+    rows = [_row(i, "vl", tmp_path, source="vqav2") for i in range(3)]
+    rows.append(_row(3, "audio_caption", tmp_path, id="caption-in-vqa", source="vqav2", needs_audio=True))
+    rows.append(_row(4, "vl", tmp_path, id="unknown-source", source="mydata"))
+    path = _write(tmp_path, rows)
+    report = validate_manifest(path, expected_families=families_by_source(), check_media=False)
+    failure = _failure(report, "expect_column_pair_values_to_be_in_set", "source==family")
+    assert set(failure.rows) == {"caption-in-vqa", "unknown-source"} and "data.families" in failure.detail
+    ok = validate_manifest(path, expected_families=families_by_source({"vqav2": ["vl", "audio_caption"],
+                                                                       "mydata": ["vl"]}), check_media=False)
+    assert ok.success, ok.summary()
+
+
+def test_answer_vocabulary_coverage(tmp_path):
+    rows = [_row(i, "vl", tmp_path, split="train", answer=("red", "blue")[i % 2]) for i in range(6)]
+    rows += [_row(10 + i, "vl", tmp_path, split="test", answer=a) for i, a in enumerate(["red", "green", "pink"])]
+    rows.append(_row(20, "caption", tmp_path, split="val", answer="a long free caption"))
+    path = _write(tmp_path, rows)
+    report = validate_manifest(path, expected_families=["vl", "caption"], min_answer_coverage=0.5, check_media=False)
+    failure = _failure(report, "expect_column_values_to_be_in_set", "answer")
+    assert set(failure.rows) == {"ex11", "ex12"} and "ex20" not in failure.rows  # captions are left out
+    assert validate_manifest(path, expected_families=["vl", "caption"], min_answer_coverage=0.3,
+                             check_media=False).success
+
+
+def test_checkpoint_writes_data_docs(tmp_path):
+    path = _write(tmp_path, _clean_rows(tmp_path, 5))
+    report = validate_manifest(path, docs_dir=tmp_path / "docs")
+    assert report.docs == tmp_path / "docs" / "index.html" and "Data Docs" in report.docs.read_text()
+    pages = [p.read_text() for p in (tmp_path / "docs" / "validations").rglob("*.html")]
+    assert len(pages) == 1 and "values must be unique" in pages[0]
+
+
+def test_feature_dimensions_constant_and_shifted():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(40, 6))
+    splits = ["train"] * 30 + ["test"] * 10
+    assert validate_features({"pooled": feats}, 6, splits=splits, dim_checks=("pooled",)).success
+    feats[:, 2] = 0.5  # a dead dimension
+    feats[30:, 4] += 3.0  # held-out rows far from the training distribution on d4
+    report = validate_features({"pooled": feats}, 6, splits=splits, dim_checks=("pooled",))
+    assert _failure(report, "expect_column_values_to_be_between", "train_std").rows == ("pooled[d2]",)
+    assert "pooled[d4]" in _failure(report, "expect_column_values_to_be_between", "heldout_mean_shift").rows

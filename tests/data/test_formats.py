@@ -11,51 +11,8 @@ from PIL import Image
 
 from safe.data.formats import FAMILIES, FORMATS, FormatError, get_format
 from safe.data.manifest import read_manifest
-from safe.data.media import load_audio, load_image, write_wav
-
-
-def _image(path: Path, value: int = 128) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), (value, 0, 0)).save(path)
-    return path
-
-
-def _wav(path: Path, seconds: float = 0.2, sr: int = 16000) -> Path:
-    t = np.arange(int(seconds * sr)) / sr
-    return write_wav(path, 0.3 * np.sin(2 * np.pi * 440 * t), sr)
-
-
-def _json(path: Path, doc) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc))
-    return path
-
-
-def _video(path: Path, seconds: float = 1.0) -> Path:
-    """A tiny mp4 (mpeg4 video 16x16 + aac audio) written with PyAV, frame brightness rising over time."""
-    av = pytest.importorskip("av")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sr, fps = 22050, 10
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream("mpeg4", rate=fps)
-        vs.width, vs.height, vs.pix_fmt = 16, 16, "yuv420p"
-        aus = c.add_stream("aac", rate=sr)
-        aus.layout = "mono"
-        for i in range(int(seconds * fps)):
-            frame = av.VideoFrame.from_ndarray(np.full((16, 16, 3), 20 * i, np.uint8), format="rgb24")
-            for pkt in vs.encode(frame):
-                c.mux(pkt)
-        for pkt in vs.encode():
-            c.mux(pkt)
-        wave = (0.4 * np.sin(2 * np.pi * 300 * np.arange(int(seconds * sr)) / sr)).astype(np.float32)
-        for k in range(0, len(wave), 1024):
-            frame = av.AudioFrame.from_ndarray(wave[None, k : k + 1024], format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = sr, k
-            for pkt in aus.encode(frame):
-                c.mux(pkt)
-        for pkt in aus.encode():
-            c.mux(pkt)
-    return path
+from safe.data.media import load_audio, load_image, write_wav  # noqa: F401
+from format_fixtures import _avqa_doc, _image, _json, _video, _vqav2_files, _wav  # tests/format_fixtures.py
 
 
 def _strict_then_skip(fmt: str, ann: Path, media: Path, match: str, **kwargs):
@@ -65,32 +22,6 @@ def _strict_then_skip(fmt: str, ann: Path, media: Path, match: str, **kwargs):
         FORMATS[fmt](ann, media, out, **kwargs)
     assert not out.exists()
     return FORMATS[fmt](ann, media, out, on_error="skip", **kwargs)
-
-
-def _vqav2_files(root: Path) -> tuple[Path, Path]:
-    questions = _json(root / "v2_OpenEnded_mscoco_val2014_questions.json", {
-        "data_subtype": "val2014",
-        "questions": [
-            {"image_id": 1, "question": "what color is the bus?", "question_id": 10},
-            {"image_id": 2, "question": "how many dogs?", "question_id": 20},
-            {"image_id": 42, "question": "is it raining?", "question_id": 30},  # image missing on disk
-        ],
-    })
-    answers = lambda *a: [{"answer": x, "answer_confidence": "yes", "answer_id": i + 1} for i, x in enumerate(a)]
-    annotations = _json(root / "v2_mscoco_val2014_annotations.json", {
-        "data_subtype": "val2014",
-        "annotations": [
-            {"question_id": 10, "image_id": 1, "answers": answers(*["red"] * 9, "orange"),
-             "multiple_choice_answer": "red", "answer_type": "other", "question_type": "what color is the"},
-            {"question_id": 20, "image_id": 2, "answers": answers(*["2"] * 10),
-             "multiple_choice_answer": "2", "answer_type": "number", "question_type": "how many"},
-            {"question_id": 30, "image_id": 42, "answers": answers(*["no"] * 10),
-             "multiple_choice_answer": "no", "answer_type": "yes/no", "question_type": "is it"},
-        ],
-    })
-    _image(root / "media" / "val2014" / "COCO_val2014_000000000001.jpg")
-    _image(root / "media" / "val2014" / "COCO_val2014_000000000002.jpg")
-    return questions, annotations
 
 
 def test_registry_lists_every_dataset():
@@ -196,19 +127,6 @@ def test_coco_captions_wrong_shape_names_file(tmp_path):
     (tmp_path / "media").mkdir()
     with pytest.raises(FormatError, match="captions_val2014.json: expected a JSON object with 'images' and 'annotations'"):
         FORMATS["coco-captions"](ann, tmp_path / "media", tmp_path / "m.jsonl")
-
-
-def _avqa_doc():
-    return [
-        {"id": 0, "video_name": "vidA_000030", "video_id": 1, "question_text": "What is making the sound?",
-         "multi_choice": ["dog", "cat", "car", "bird"], "answer": 2, "question_relation": "Both", "question_type": "Which"},
-        {"id": 1, "video_name": "vidA_000030", "video_id": 1, "question_text": "What is in the video?",
-         "multi_choice": ["road", "sea", "sky", "room"], "answer": 0, "question_relation": "View", "question_type": "Come From"},
-        {"id": 2, "video_name": "vidB_000010", "video_id": 2, "question_text": "What happened?",
-         "multi_choice": ["a", "b", "c", "d"], "answer": 1, "question_relation": "Both", "question_type": "Happening"},
-        {"id": 3, "video_name": "dead_000000", "video_id": 3, "question_text": "Where?",
-         "multi_choice": ["a", "b"], "answer": 1, "question_relation": "Both", "question_type": "Where"},
-    ]
 
 
 def test_avqa_relations_media_and_video_extraction(tmp_path):

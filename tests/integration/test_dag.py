@@ -8,12 +8,12 @@ Several minutes on 2 CPU cores: the one integration test of the suite.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from project_copy import run as _run  # tests/project_copy.py
 
 from pipelines.flows import read_outcome
 
@@ -24,13 +24,6 @@ METRIC_KEYS = {
 }
 
 pytestmark = pytest.mark.integration
-
-
-def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
-    return result
 
 
 @pytest.fixture(scope="module")

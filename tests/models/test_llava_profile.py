@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from transformers import ClapAudioConfig, ClapAudioModelWithProjection, ClapFeatureExtractor
 
+from checkpoints import CLAP_AUDIO  # tests/checkpoints.py
 from safe.config import build_config
 from safe.inference import load_safe_model
 from safe.models.audio_encoders import build_audio_encoder
@@ -15,9 +16,8 @@ from safe.models.safe_model import SAFEArchitecture, SAFEModel
 
 
 def _clap_folder(path):
-    config = ClapAudioConfig(spec_size=64, num_mel_bins=16, window_size=4, patch_size=4, patch_stride=4,
-                             patch_embeds_hidden_size=16, hidden_size=32, depths=[1, 1], num_attention_heads=[2, 2],
-                             projection_dim=24)
+    """Only CLAP's audio branch (+ projection) saved; tests/checkpoints.py saves a whole ClapModel."""
+    config = ClapAudioConfig(**CLAP_AUDIO, projection_dim=24)
     torch.manual_seed(0)
     ClapAudioModelWithProjection(config).save_pretrained(path)
     ClapFeatureExtractor(feature_size=16, sampling_rate=48000, hop_length=480, max_length_s=1, fft_window_size=1024,
