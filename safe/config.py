@@ -381,6 +381,7 @@ _COUNT, _NONNEG_INT, _POS_NUM, _NONNEG_NUM, _SHARE = (_at_least(1), _at_least(0)
 RANGES: dict[str, _Rule] = {
     "data.size": _at_least(20), "data.seed": _NONNEG_INT, "data.image_size": _between(8, 1024, "an integer"),
     "data.clip_seconds": _POS_NUM, "data.max_audio_seconds": _POS_NUM, "data.family_tolerance": _SHARE,
+    "data.min_audio_seconds": _NONNEG_NUM, "data.max_clip_seconds": _POS_NUM, "data.min_answer_coverage": _SHARE,
     **{f"model.{k}": _COUNT for k in ("vision_hidden", "vision_layers", "vision_heads", "patch_size", "text_hidden",
                                       "text_layers", "text_heads", "text_intermediate", "projector_hidden",
                                       "fusion_heads", "lora_rank")},

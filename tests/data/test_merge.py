@@ -67,7 +67,7 @@ def test_clashing_ids_name_both_files_and_write_nothing(tmp_path, capsys):
     a = _source(tmp_path / "a", "vqav2", 3)
     b = _source(tmp_path / "b", "vqav2", 2)
     out = tmp_path / "merged.jsonl"
-    assert main(["merge", "--out", str(out), str(a), str(b)]) == 1
+    assert main(["merge", "--out", str(out), str(a), str(b)]) == 2
     err = capsys.readouterr().err
     assert "id 'vqav2-0' is in both" in err and str(a) in err and str(b) in err and "Traceback" not in err
     assert not out.exists()
@@ -76,12 +76,12 @@ def test_clashing_ids_name_both_files_and_write_nothing(tmp_path, capsys):
 def test_missing_media_and_bad_ratios_are_messages(tmp_path, capsys):
     a = _source(tmp_path / "a", "gqa", 3)
     (tmp_path / "a" / "imgs" / "1.png").unlink()
-    assert main(["merge", "--out", str(tmp_path / "m.jsonl"), str(a)]) == 1
+    assert main(["merge", "--out", str(tmp_path / "m.jsonl"), str(a)]) == 2
     assert "row 'gqa-1': image file not found" in capsys.readouterr().err
-    assert main(["merge", "--out", str(tmp_path / "m.jsonl"), "--val-ratio", "0.6", "--test-ratio", "0.5", str(a)]) == 1
+    assert main(["merge", "--out", str(tmp_path / "m.jsonl"), "--val-ratio", "0.6", "--test-ratio", "0.5", str(a)]) == 2
     assert "val + test ratios" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "x"}) + "\n")
-    assert main(["merge", "--out", str(tmp_path / "m.jsonl"), str(bad)]) == 1
+    assert main(["merge", "--out", str(tmp_path / "m.jsonl"), str(bad)]) == 2
     assert "bad.jsonl line 1: missing field" in capsys.readouterr().err
     assert not (tmp_path / "m.jsonl").exists()
