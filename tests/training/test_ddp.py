@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 from safe.distributed import launch_command
 
 SCRIPTS = Path(__file__).parent / "scripts"
-# Float sums over a split batch differ from the one-process sums in the last bits: measured max |dw| 5.6e-7
-# (7.2e-7 with accumulation 2) after 6 steps that move the weights by 0.018. Normalising each process's loss by its
-# own token count instead of the global one gives 1.5e-2 here, which this bound catches.
-ATOL = 1e-5
+# Float sums over a split batch differ from the one-process sums in the last bits, and Adam amplifies them where a
+# gradient is near zero, by an amount that depends on the CPU; normalising each process's loss by its own token
+# count instead of the global one moves the weights ~100x more than this bound.
+ATOL = 1e-4
 
 
 def _launch(script: str, args: list, processes: int) -> None:
