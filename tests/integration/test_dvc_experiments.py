@@ -122,6 +122,7 @@ def session(project) -> dict:  # noqa: F811
             else:
                 result = _run(argv, dst, env)
                 out[line] = result.stdout + result.stderr
+            out[command] = out[line]  # by README line and by the command run (placeholders filled in)
             if command.startswith("dvc exp run --queue"):
                 out["queued"] = re.findall(r"Queued experiment '([^']+)'", out[line])
             out.setdefault("after", {})[line] = time.monotonic() - started
