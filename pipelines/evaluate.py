@@ -9,7 +9,7 @@ from safe.data.manifest import read_manifest
 from safe.distributed import process_state
 from safe.eval.criteria import Thresholds, evaluate_criteria
 from safe.eval.evaluation import measure_latency, prediction_table
-from safe.eval.headline import headline_metrics
+from safe.eval.headline import headline_json, headline_metrics
 from safe.eval.metrics import compute_details, compute_metrics
 from safe.eval.plots import plot_accuracy_vs_budget, plot_skip_rate_per_family
 from safe.eval.report import criteria_table_text, render_model_card, render_report
@@ -41,7 +41,7 @@ def main() -> None:
         table.to_json(EVAL / ".predictions.jsonl.tmp", orient="records", lines=True)
         (EVAL / ".predictions.jsonl.tmp").replace(EVAL / "predictions.jsonl")
         write_json_atomic(EVAL / "metrics.json", metrics)
-        write_json_atomic(EVAL / "headline.json", headline_metrics(metrics, criteria))
+        write_text_atomic(EVAL / "headline.json", headline_json(headline_metrics(metrics, criteria)))
         write_json_atomic(EVAL / "details.json", details)
         write_text_atomic(EVAL / "report.md", render_report(metrics, criteria, details))
         write_text_atomic(EVAL / "MODEL_CARD.md", render_model_card(metrics, criteria, details, run_info))

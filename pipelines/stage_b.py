@@ -71,7 +71,9 @@ def main() -> None:
             select.save(tmp / "outcomes_val.npz")
         tracker.log_metrics(metrics)
         write_json_atomic(METRICS / "stage_b.json", metrics)
-        write_json_atomic(PLOTS / "stage_b_rewards.json", history)
+        # DVC's plots skip a file whose rows differ in keys (val_* appear at checks only): every row gets every key
+        keys = sorted({key for row in history for key in row})
+        write_json_atomic(PLOTS / "stage_b_rewards.json", [{key: row.get(key) for key in keys} for row in history])
         tracker.log_artifact(str(plot_stage_b_rewards(history, PLOTS / "stage_b_rewards.png")))
 
 

@@ -7,6 +7,7 @@ the verdict first, then the four criteria's values, then the accuracies. The ful
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 from safe.eval.criteria import CRITERIA, all_passed, failed_criteria
@@ -24,4 +25,9 @@ def headline_metrics(metrics: Mapping[str, Any], criteria: Mapping[str, Mapping[
     if missing:
         raise KeyError(f"metrics lack {missing} needed by the headline metrics")
     return {"passed": all_passed(criteria), "failed": ",".join(failed_criteria(criteria)) or "none",
-            **{name: metrics[name] for name in CRITERIA}, **{name: metrics[name] for name in ACCURACIES}}
+            **{name: float(metrics[name]) for name in (*CRITERIA, *ACCURACIES)}}
+
+
+def headline_json(headline: Mapping[str, Any]) -> str:
+    """The file's text, keys in the order given (they are `dvc exp show`'s column order)."""
+    return json.dumps(dict(headline), indent=2) + "\n"
