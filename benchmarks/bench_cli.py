@@ -61,6 +61,37 @@ def median_seconds(command: list[str], cwd: Path, repeats: int) -> float:
     return statistics.median(times)
 
 
+PHASES = """
+import json, sys, time
+t0 = time.perf_counter()
+import safe.models.safe_model, safe.training.stage_c  # noqa: E401  (the model stack)
+t1 = time.perf_counter()
+from safe.data.media import load_audio, load_image
+from safe.inference import SAFEPredictor, check_bundle, check_question
+bundle, image, audio, question = sys.argv[1:5]
+check_question(question, bundle, check_bundle(bundle))
+img, wave = load_image(image), load_audio(audio, max_seconds=30.0)
+t2 = time.perf_counter()
+predictor = SAFEPredictor.load(bundle)
+t3 = time.perf_counter()
+predictor.predict(img, wave, question)
+t4 = time.perf_counter()
+predictor.predict(img, wave, question)
+t5 = time.perf_counter()
+print(json.dumps({"import the model stack": t1 - t0, "check inputs (bundle files, question, media)": t2 - t1,
+                  "load the model": t3 - t2, "first answer": t4 - t3, "second answer": t5 - t4}))
+"""
+
+
+def phases(bundle: Path, image: Path, audio: Path, question: str) -> dict[str, float]:
+    """Where one `safe infer` spends its time, phase by phase, in one fresh process."""
+    import json
+
+    out = subprocess.run([sys.executable, "-c", PHASES, str(bundle), str(image), str(audio), question],
+                         capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per command (median reported)")
@@ -93,6 +124,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             seconds = median_seconds([str(c) for c in command], work, args.repeats)
             results[name] = seconds
             print(f"  {name:<64} {seconds:7.2f} s")
+        for p, folder in bundles.items():
+            print(f"\n== safe infer on the {p} bundle, phase by phase (one fresh process)")
+            for name, seconds in phases(folder, image, audio, row["question"]).items():
+                results[f"{p}: {name}"] = seconds
+                print(f"  {name:<64} {seconds:7.2f} s")
     model_stack = results["import the model stack (torch + transformers + safe.models)"]
     for p in ("tiny", "demo"):
         answer = results[f"safe infer --model <{p} bundle> (image + audio)"]

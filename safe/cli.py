@@ -58,9 +58,16 @@ def _model_dir(spec: str) -> Path:
     """`champion` / `challenger` -> the bundle registered under that alias; anything else is a bundle folder,
     checked file by file (JSON parses, safetensors sizes match) without loading it."""
     if spec in ALIASES and not Path(spec).is_dir():
-        from safe.tracking import download_bundle
+        from safe.tracking import TrackingError, download_bundle, existing_registry_uri
 
-        return download_bundle(spec)
+        try:
+            return download_bundle(spec)
+        except TrackingError:
+            raise
+        except Exception as err:  # MlflowException, sqlite errors: the store itself is unusable
+            raise UserError(f"could not read the model registry {existing_registry_uri()}: {type(err).__name__}: "
+                            f"{' '.join(str(err).split())[:300]}", where=f"--model {spec}",
+                            fix="check the store, or pass --model with a bundle folder") from err
     from safe.inference import BundleError, check_bundle
 
     path = Path(spec)
@@ -120,7 +127,7 @@ def _load_predictor(bundle: Path):
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise UserError(f"could not load the model: {type(err).__name__}: {' '.join(str(err).split())[:400]}",
                         path=bundle, fix="the bundle is corrupt or from another SAFE version; rebuild it with "
-                        "dvc repro (or pass --debug for the traceback)") from None
+                        "dvc repro (or pass --debug for the traceback)") from err
 
 
 # ---------------------------------------------------------------- commands

@@ -167,7 +167,7 @@ def check_question(question: str, bundle: str | Path | None = None, config: dict
     """Refuse an empty question, and (when the bundle's tokenizer is a local file) one longer than the model's
     context, before the model loads. The exact prompt length is checked again in `SAFEPredictor.predict`."""
     if not isinstance(question, str) or not question.strip():
-        raise QuestionError("the question is empty", )
+        raise QuestionError("the question is empty")
     if bundle is None:
         return
     base = _base_folder(Path(bundle), config if config is not None else check_bundle(bundle))

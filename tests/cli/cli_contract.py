@@ -19,6 +19,11 @@ def files_under(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
     """`safe ARGV` in-process; returns (exit code, stdout, stderr) and checks that no traceback was printed."""
     try:
@@ -32,8 +37,12 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 def expect_error(argv: list[str], capsys, code: int, *names: str) -> str:
     """Run, and check the contract of a refused input: the exit code, ONE `error:` line naming every one of
-    `names` (file, row, key), no traceback. Returns the error line."""
+    `names` (file, row, key), no traceback, and no file created or changed in the test's folder. Returns the line."""
+    here = Path.cwd()
+    folder = here.parent if here.name == "cwd" else here  # the test's tmp_path (see conftest._isolated)
+    before = _snapshot(folder)
     got, _, err = run(argv, capsys)
+    assert _snapshot(folder) == before, "a refused command wrote something"
     assert got == code, f"exit {got}, expected {code}; stderr:\n{err}"
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, err

@@ -78,3 +78,10 @@ def test_readme_pyfunc_snippet_runs_as_written(project):
     assert "answer" in result.stdout and "budget" in result.stdout
     created = files_under(project) - before
     assert not any(p.endswith("mlflow.db") for p in created), created  # no stray store
+
+
+def test_a_store_that_is_not_a_database(media, capsys, monkeypatch, tmp_path):
+    (tmp_path / "mlruns").mkdir()
+    (tmp_path / "mlruns" / "mlflow.db").write_text("not sqlite")
+    monkeypatch.chdir(tmp_path)
+    expect_error(["infer", "--question", QUESTION], capsys, 2, "--model champion", "mlflow.db")
