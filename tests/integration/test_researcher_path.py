@@ -43,7 +43,8 @@ def researcher(tmp_path_factory):
         assert f"kept {12 if fmt != 'avqa' else 8}" in run(cmd, work, env).stdout
         ingested.append(str(out))
     merged = root / "ingested" / "merged.jsonl"
-    merge = run([*SAFE, "merge", "--out", str(merged), *ingested], work, env).stdout
+    merge = run([*SAFE, "merge", "--out", str(merged), "--val-ratio", "0.25", "--test-ratio", "0.25", *ingested],
+                work, env).stdout
     validate = run([*SAFE, "validate", str(merged)], work, env).stdout
     texts = ["what color is the picture ?", "which color is the image ?", "what sound do you hear ?",
              "what color is the video ?", "describe the sound .", "choices : /", *COLORS, *SOUNDS]
@@ -84,7 +85,8 @@ def test_merge_prints_counts_and_validate_accepts_44khz_and_imageless_rows(resea
 
 def test_dvc_repro_reaches_a_decision_with_the_criteria(researcher):
     dst = researcher["dst"]
-    for stage in ("prepare_data", "extract_features", "base_vl", "stage_a", "stage_b", "stage_c", "evaluate", "promote"):
+    stages = ("prepare_data", "extract_features", "base_vl", "stage_a", "stage_b", "stage_c", "evaluate", "promote")
+    for stage in stages:
         assert f"Running stage '{stage}'" in researcher["repro"]
     promotion = json.loads((dst / "data/eval/promotion.json").read_text())
     passed = all(c["passed"] for c in promotion["criteria"].values())
@@ -122,7 +124,8 @@ def test_data_docs_are_stage_outputs_and_mlflow_artifacts(researcher):
         index = dst / "data/data_docs" / suite / "index.html"
         assert index.is_file() and "Data Docs" in index.read_text()
     code = ("import mlflow; from safe import tracking; c = tracking.client(); "
-            "r = mlflow.search_runs(search_all_experiments=True, filter_string=\"attributes.run_name = 'prepare_data'\");"
+            "r = mlflow.search_runs(search_all_experiments=True, "
+            "filter_string=\"attributes.run_name = 'prepare_data'\");"
             "print([a.path for a in c.list_artifacts(r.run_id[0], 'data_docs')])")
     listed = run([sys.executable, "-c", code], dst, {**env, "SAFE_PROJECT_DIR": str(dst)}).stdout
     assert "data_docs/index.html" in listed
