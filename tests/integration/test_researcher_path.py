@@ -45,7 +45,7 @@ def researcher(tmp_path_factory):
     merged = root / "ingested" / "merged.jsonl"
     merge = run([*SAFE, "merge", "--out", str(merged), "--val-ratio", "0.25", "--test-ratio", "0.25", *ingested],
                 work, env).stdout
-    validate = run([*SAFE, "validate", str(merged)], work, env).stdout
+    validate = run([*SAFE, "validate", str(merged), "--data-docs", str(merged.parent / "data_docs")], work, env).stdout
     texts = ["what color is the picture ?", "which color is the image ?", "what sound do you hear ?",
              "what color is the video ?", "describe the sound .", "choices : /", *COLORS, *SOUNDS]
     llava = tiny_llava_folder(root / "checkpoints" / "llava", texts)
@@ -73,6 +73,7 @@ def test_merge_prints_counts_and_validate_accepts_44khz_and_imageless_rows(resea
     for source in (*VL_ONLY_SOURCES, *AUDIO_ONLY_SOURCES, "avqa"):
         assert source in merge
     assert "re-split by id hash" in merge and "PASSED" in researcher["validate"]
+    assert (researcher["merged"].parent / "data_docs" / "index.html").is_file()
     rows = _rows(researcher["merged"])
     audio_only = [r for r in rows if r["source"] in AUDIO_ONLY_SOURCES]
     assert audio_only and all(r["image"] is None and r["audio"] for r in audio_only)
