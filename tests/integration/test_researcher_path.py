@@ -52,7 +52,7 @@ def researcher(tmp_path_factory):
     clap = tiny_clap_folder(root / "checkpoints" / "clap")
     dst, denv = copy_project(root / "project", {
         "profile": "llava",
-        "data": {"source": "manifest", "manifest": str(merged), "min_answer_coverage": 0.3},
+        "data": {"source": "manifest", "manifest": str(merged)},
         "model": {"base_vl": str(llava), "audio_encoder": f"clap:{clap}", "fusion_heads": 4, "fusion_layers": [0, -1],
                   "projector_hidden": 32, "lora_rank": 4},
         "stage_a": {"steps": 6, "batch_size": 8, "eval_every": 3, "fisher_batches": 1},
