@@ -92,7 +92,8 @@ class DataConfig:
                f"data.max_clip_seconds must be null or > data.min_audio_seconds, got {self.max_clip_seconds}")
         if self.families is not None:
             _check(isinstance(self.families, Mapping) and all(
-                isinstance(v, (list, tuple)) and v and all(isinstance(f, str) for f in v) for v in self.families.values()),
+                isinstance(v, (list, tuple)) and v and all(isinstance(f, str) for f in v)
+                for v in self.families.values()),
                 f"data.families must map each source to a list of family names, got {self.families!r}")
             object.__setattr__(self, "families", {str(k): tuple(v) for k, v in self.families.items()})
         _check(0.0 <= self.min_answer_coverage <= 1.0,

@@ -24,7 +24,7 @@ def tiny_clap_folder(path: Path, seed: int = 0) -> Path:
 
 
 def tiny_llava_folder(path: Path, texts: Sequence[str], image_size: int = 32, seed: int = 0) -> Path:
-    """A 2-layer `LlavaForConditionalGeneration` (hidden 32) with a word-level tokenizer over `texts` and its processor."""
+    """A 2-layer `LlavaForConditionalGeneration` (hidden 32), its processor and a word-level tokenizer over `texts`."""
     from safe.config import build_config
     from safe.models.base_vl import BaseVLModel, build_llava, build_processor, build_word_tokenizer
 
@@ -32,5 +32,6 @@ def tiny_llava_folder(path: Path, texts: Sequence[str], image_size: int = 32, se
         "vision_hidden": 32, "text_hidden": 32, "text_intermediate": 64, "text_heads": 4, "fusion_heads": 4}}).model
     tokenizer = build_word_tokenizer(list(texts))
     torch.manual_seed(seed)
-    BaseVLModel(build_llava(cfg, tokenizer, image_size), build_processor(tokenizer, image_size, 8)).save_pretrained(path)
+    base = BaseVLModel(build_llava(cfg, tokenizer, image_size), build_processor(tokenizer, image_size, 8))
+    base.save_pretrained(path)
     return Path(path)

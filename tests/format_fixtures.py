@@ -143,7 +143,8 @@ def write_researcher_sources(root: Path, n: int = 24) -> dict[str, dict[str, Pat
         clotho_rows.append(f'"clip {i:03d}.wav",' + ",".join([caption] * 5))
     clotho = root / "clotho" / "clotho_captions_development.csv"
     clotho.parent.mkdir(parents=True, exist_ok=True)
-    clotho.write_text("file_name," + ",".join(f"caption_{k}" for k in range(1, 6)) + "\n" + "\n".join(clotho_rows) + "\n")
+    header = "file_name," + ",".join(f"caption_{k}" for k in range(1, 6))
+    clotho.write_text(header + "\n" + "\n".join(clotho_rows) + "\n")
     caps = ["audiocap_id,youtube_id,start_time,caption"]
     for i in range(n):  # AudioCaps train: audio-only captioning rows at 44.1 kHz
         caption = sounds[(i + 1) % len(sounds)]

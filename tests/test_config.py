@@ -43,3 +43,19 @@ def test_unknown_word_copies_are_on_for_word_level_profiles_only():
     assert rates == {"tiny": 0.15, "demo": 0.15, "smol": 0.0, "llava": 0.0}
     with pytest.raises(ConfigError, match="unknown_word_rate"):
         build_config({"profile": "demo", "stage_b": {"unknown_word_rate": 1.0}})
+
+
+def test_data_check_settings_and_sampling_weights():
+    from safe.config import ConfigError, build_config
+
+    data = build_config({"profile": "tiny", "data": {"sample_rates": [16000, 44100], "max_clip_seconds": 30,
+                                                     "families": {"mydata": ["vl"]}, "source_weights": {"gqa": 2}}}).data
+    assert data.sample_rates == (16000, 44100) and data.families == {"mydata": ("vl",)}
+    assert data.source_weights == {"gqa": 2.0} and data.family_weights == {}
+    assert build_config({"profile": "tiny"}).data.sample_rates is None  # default: any rate the loader resamples
+    for bad, where in (({"sample_rates": [44.1]}, "data.sample_rates"), ({"families": {"x": "vl"}}, "data.families"),
+                       ({"source_weights": {"gqa": -1}}, "data.source_weights"),
+                       ({"min_answer_coverage": 2}, "data.min_answer_coverage"),
+                       ({"max_clip_seconds": 0.01}, "data.max_clip_seconds")):
+        with pytest.raises(ConfigError, match=where):
+            build_config({"profile": "tiny", "data": bad})

@@ -1,10 +1,13 @@
 """Data checks with Great Expectations 1.x: a manifest suite and a cached-features suite.
 
-Media facts GX cannot see (does the file exist, does it decode, its duration and sample rate) are derived
-first as per-row columns with `safe.data.media`, then expected on like any other column, so every failure
-comes back from GX with the failing rows' ids (result_format COMPLETE, unexpected_index_column_names=["id"]).
+Suites are declared as data (expectation configurations: type, kwargs, why) and run through a ValidationDefinition
+and a Checkpoint whose UpdateDataDocsAction writes the HTML Data Docs where asked. Expectations look at the rows' own
+values (value sets, lengths, unique ids, (source, family) pairs, answer-vocabulary coverage). Media facts GX cannot
+see are derived first as per-row columns with `safe.data.media`: the error text of a missing or undecodable file,
+a clip's duration and sample rate. Every failure comes back from GX with the failing rows' ids (result_format
+COMPLETE, unexpected_index_column_names=["id"]).
 
-One ephemeral GX context is created per validate call. GX 1.x emits DeprecationWarnings from its own
+One ephemeral GX context is created per checkpoint run. GX 1.x emits DeprecationWarnings from its own
 imports and internals; they are silenced only around GX calls so ours still surface.
 """
 

@@ -77,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction,
     p.add_argument("--no-media", action="store_true", help="skip the file existence/decoding checks")
     p.add_argument("--no-decode", action="store_true", help="read audio headers only (faster, misses truncation)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
+    p.add_argument("--data-docs", type=Path, metavar="DIR", help="also write GX's HTML Data Docs into DIR")
     add_common(p)
     p.set_defaults(func=cmd_validate)
 
@@ -192,10 +193,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         sample_rates=rates,
         check_media=not args.no_media,
         decode_audio=not args.no_decode,
+        docs_dir=args.data_docs,
     )
     if args.json:
         report.write_json(args.json)
     print(report.summary(limit=10), file=sys.stdout if report.success else sys.stderr)
+    if report.docs:
+        print(f"Data Docs: {report.docs}")
     return 0 if report.success else 1
 
 

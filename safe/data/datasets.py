@@ -147,7 +147,8 @@ class BalancedBatchSampler(Sampler[list[int]]):
             weights = np.asarray(weights, dtype=np.float64)
             if weights.shape != (len(needs_audio),) or not np.all(np.isfinite(weights)) or (weights < 0).any():
                 raise ValueError(f"weights must be {len(needs_audio)} finite values >= 0, one per example")
-            for name, idx, n in (("audio-dependent", self.audio_idx, self.n_audio), ("VL-only", self.vl_idx, self.n_vl)):
+            groups = (("audio-dependent", self.audio_idx, self.n_audio), ("VL-only", self.vl_idx, self.n_vl))
+            for name, idx, n in groups:
                 if n and weights[idx].sum() <= 0:
                     raise ValueError(f"every {name} example has weight 0; give some source/family a weight > 0")
         self.weights = weights
