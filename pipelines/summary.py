@@ -21,8 +21,8 @@ def main() -> None:
         shown = f"[{threshold[0]}, {threshold[1]}]" if isinstance(threshold, list) else str(threshold)
         print(f"{name:<24}{_num(c['value']):>10}{_num(c.get('bound')):>10}{str(c.get('n') or '-'):>6}  "
               f"{shown:<16}{'PASS' if c['passed'] else 'FAIL':>6}")
-    print(f"\nbase VL acc {metrics['vl_acc_base']:.3f} -> SAFE {metrics['vl_acc_safe']:.3f} (VL-only); "
-          f"audio questions {metrics['audio_acc_base']:.3f} -> {metrics['audio_acc_safe']:.3f}")
+    print(f"\nbase VL acc {_num(metrics['vl_acc_base'])} -> SAFE {_num(metrics['vl_acc_safe'])} (VL-only); "
+          f"audio questions {_num(metrics['audio_acc_base'])} -> {_num(metrics['audio_acc_safe'])}")
     print(f"registry: {promotion['model_name']} v{promotion['version']} -> {promotion['decision']}")
     print("\nwhere to look next:")
     print("  data/eval/report.md        criteria, per-family breakdown, robustness, accuracy vs budget")

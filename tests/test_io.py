@@ -40,3 +40,16 @@ def test_large_files_are_keyed_by_size_and_both_ends(tmp_path, monkeypatch):
     assert content_fingerprint(path) != first
     path.write_bytes(bytes(data) + b"x")  # the size changes
     assert content_fingerprint(path) != first
+
+
+def test_json_files_are_strict_json_with_null_for_nan(tmp_path):
+    import json
+
+    import numpy as np
+
+    from safe.io import write_json_atomic
+
+    path = write_json_atomic(tmp_path / "m.json", {"a": float("nan"), "b": [np.float32(1.5), float("inf")],
+                                                  "c": np.float64("nan"), "d": 3, "e": None})
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.5, None], "c": None, "d": 3, "e": None}
