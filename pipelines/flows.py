@@ -41,7 +41,7 @@ from safe.config import ConfigError, load_config  # noqa: E402
 
 PROMOTION = Path("data") / "eval" / "promotion.json"
 DATA_CHECK_STAGES = ("prepare_data",)
-"""Stages whose GX data checks gate the DAG: run as the flow's `data-checks` task, never retried."""
+"""Stages whose GX data checks gate the DAG: run as the flow's `data-checks` task (a failed check is not retried)."""
 STAGE_RETRIES = 1
 STAGE_RETRY_DELAY_S = 30
 """A stage that failed for a reason that may pass (a held DVC lock, memory) is retried once, after this delay."""
@@ -58,8 +58,15 @@ class StageFailed(RuntimeError):
     healable = True
 
     def __init__(self, stage: str, returncode: int, tail: str):
-        super().__init__(f"stage {stage!r} failed (dvc exit code {returncode}); last output:\n{tail}")
+        super().__init__(self.describe(stage, returncode, tail))
         self.stage, self.returncode, self.tail = stage, returncode, tail
+
+    @staticmethod
+    def describe(stage: str, returncode: int, tail: str) -> str:
+        return f"stage {stage!r} failed (dvc exit code {returncode}); last output:\n{tail}"
+
+    def __reduce__(self):  # pickled into Prefect states: rebuild from the fields, not the message
+        return type(self), (self.stage, self.returncode, self.tail)
 
 
 class DataCheckFailed(StageFailed):
@@ -67,9 +74,9 @@ class DataCheckFailed(StageFailed):
 
     healable = False
 
-    def __init__(self, stage: str, returncode: int, tail: str):
-        RuntimeError.__init__(self, f"data checks failed in stage {stage!r}; nothing was written. Report:\n{tail}")
-        self.stage, self.returncode, self.tail = stage, returncode, tail
+    @staticmethod
+    def describe(stage: str, returncode: int, tail: str) -> str:
+        return f"data checks failed in stage {stage!r}; nothing was written. Report:\n{tail}"
 
 
 class BadParams(StageFailed):
@@ -154,7 +161,8 @@ def check_params(project_dir: str) -> str:
     return cfg.profile
 
 
-@task(name="data-checks", retries=0, cache_policy=NO_CACHE, task_run_name="data-checks-{stage}")
+@task(name="data-checks", retries=STAGE_RETRIES, retry_delay_seconds=STAGE_RETRY_DELAY_S,
+      retry_condition_fn=_retry_may_heal, cache_policy=NO_CACHE, task_run_name="data-checks-{stage}")
 def data_checks(stage: str, project_dir: str, parent_run_id: str, force: bool = False) -> list[str]:
     """The stage that builds the data and runs the GX checks on it; a failed check fails this task, not retried."""
     return _repro(stage, project_dir, parent_run_id, force)
@@ -362,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
         try:
             dvc_stages(args.project_dir)  # fail fast, before starting a temporary Prefect API
+            load_config(Path(args.project_dir) / "params.yaml")
             outcome = training_flow(project_dir=args.project_dir, stages=stages, force=args.force)
         except (StageFailed, FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -134,6 +135,7 @@ def test_failed_data_check_fails_its_own_task_once_with_the_report_and_stops_bef
     with pytest.raises(flows.DataCheckFailed, match="expect_column_values_to_not_be_null") as failure:
         state.result()
     assert failure.value.stage == "prepare_data"
+    assert str(pickle.loads(pickle.dumps(failure.value))) == str(failure.value)  # Prefect may pickle it into a state
     assert len(attempts(project, "prepare_data")) == 1  # a failed check is not retried
     tasks = _task_runs(state)
     assert set(tasks) == {"check-params", "data-checks-prepare_data"}  # nothing after the data checks ran
@@ -207,3 +209,12 @@ def test_read_outcome_checks_the_promotion_file(tmp_path):
     path.write_text(json.dumps({"decision": "rejected"}))
     with pytest.raises(ValueError, match=r"missing key\(s\) \['version', 'criteria'\]"):
         flows.read_outcome(tmp_path)
+
+
+def test_run_command_prints_the_outcome_and_names_bad_params(prefect_api, project, capsys):
+    assert flows.main(["run", "--project-dir", str(project), "--stages", "prepare_data"]) == 0
+    assert json.loads(capsys.readouterr().out)["stages_run"] == ["prepare_data"]
+    (project / "params.yaml").write_text("profile: huge\n")
+    assert flows.main(["run", "--project-dir", str(project)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "profile must be one of" in err and "Traceback" not in err
