@@ -178,14 +178,22 @@ def test_unknown_stage_is_named(prefect_api, project):
         flows.training_flow(project_dir=str(project), stages=["trian"])
 
 
-@pytest.mark.parametrize("entrypoint", [f"{flows.__file__}:training_flow", "pipelines.flows.training_flow"])
-def test_a_deployment_run_validates_the_flow_parameters(entrypoint):
-    """A deployment run loads the flow from its entrypoint in a fresh process and validates its parameters."""
+def test_a_deployment_run_validates_the_flow_parameters():
+    """A served flow defined in `__main__` reaches the run's process pickled by value, with only the globals its code
+    uses: parameter annotations that need other names (`Sequence` under postponed annotations) then cannot resolve.
+    A work-pool run imports the module-path entrypoint instead."""
+    import cloudpickle
     from prefect.flows import load_flow_from_entrypoint
 
-    loaded = load_flow_from_entrypoint(entrypoint)
-    assert loaded.validate_parameters({"project_dir": "/p", "stages": ["train"], "force": "true"}) == {
-        "project_dir": "/p", "stages": ["train"], "force": True}
+    cloudpickle.register_pickle_by_value(flows)
+    try:
+        shipped = cloudpickle.loads(cloudpickle.dumps(flows.training_flow))
+    finally:
+        cloudpickle.unregister_pickle_by_value(flows)
+    imported = load_flow_from_entrypoint("pipelines.flows.training_flow")
+    for loaded in (shipped, imported):
+        assert loaded.validate_parameters({"project_dir": "/p", "stages": ["train"], "force": "true"}) == {
+            "project_dir": "/p", "stages": ["train"], "force": True}
 
 
 def test_register_deployment_creates_the_cron_schedule_one_run_at_a_time(prefect_api, project):
@@ -200,6 +208,9 @@ def test_register_deployment_creates_the_cron_schedule_one_run_at_a_time(prefect
     assert deployment.entrypoint == "pipelines.flows.training_flow"
     assert deployment.global_concurrency_limit.limit == 1
     assert deployment.concurrency_options.collision_strategy.value == "ENQUEUE"
+    skipping = flows.register_deployment("safe-test", "0 3 * * *", str(project), on_overlap="skip")
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment(skipping).concurrency_options.collision_strategy.value == "CANCEL_NEW"
 
 
 def test_read_outcome_checks_the_promotion_file(tmp_path):
