@@ -298,8 +298,10 @@ def check_project(project_dir: str | Path) -> Path:
                                 "folder or pass --project-dir PATH")
     try:
         dvc_stages(project)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise ScheduleError(f"{project / 'dvc.yaml'}: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:
+        raise ScheduleError(str(exc)) from None
+    except yaml.YAMLError as exc:
+        raise ScheduleError(f"{project / 'dvc.yaml'}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return project
 
 
