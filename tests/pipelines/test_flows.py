@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -117,15 +118,22 @@ def test_flow_runs_the_dag_nests_runs_and_then_reruns_nothing(prefect_api, proje
 
 
 def _task_runs(flow_state) -> dict[str, tuple[str, str]]:
-    """{task run name: (state type, everything it logged)} of one flow run, read back from the Prefect API."""
+    """{task run name: (state type, everything it logged)} of one flow run, read back from the Prefect API (logs
+    reach it in batches: wait until each task's closing "Finished in state" line is there)."""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterTaskRunId
+    from prefect.logging.handlers import APILogHandler
 
+    APILogHandler().flush()
+    deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
-        logs = client.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[r.id for r in runs])))
-    text = {r.id: "\n".join(log.message for log in logs if log.task_run_id == r.id) for r in runs}
-    return {r.name: (r.state.type.value, text[r.id]) for r in runs}
+        while True:
+            logs = client.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[r.id for r in runs])))
+            text = {r.id: "\n".join(log.message for log in logs if log.task_run_id == r.id) for r in runs}
+            if all("Finished in state" in t for t in text.values()) or time.monotonic() > deadline:
+                return {r.name: (r.state.type.value, text[r.id]) for r in runs}
+            time.sleep(1)
 
 
 def test_failed_data_check_fails_its_own_task_once_with_the_report_and_stops_before_training(prefect_api, project):
