@@ -47,8 +47,9 @@ test: setup
 	@# pytest exits 5 when it collects no tests; that is not a failure of the code under test.
 	$(BIN)/pytest || [ $$? -eq 5 ]
 
+# Needs a Prefect server and PREFECT_API_URL (see README, "Scheduled runs"); serves until Ctrl-C.
 schedule: setup
-	safe schedule --cron "$${CRON:-0 3 * * *}"
+	safe schedule --cron "$${CRON:-0 3 * * *}" --name "$${NAME:-safe-nightly}" --project-dir .
 
 ui-mlflow: setup
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000

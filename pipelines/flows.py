@@ -7,7 +7,7 @@ the stage processes through env SAFE_MLFLOW_PARENT_RUN_ID, so every stage run ne
 
     python -m pipelines.flows run [--project-dir .] [--stages a,b] [--force]
     python -m pipelines.flows schedule --cron "0 3 * * *" [--name safe-nightly] [--project-dir .]
-                                       [--register-only] [--work-pool POOL]
+                                       [--register-only] [--work-pool POOL] [--on-overlap queue|skip]
 """
 
 from __future__ import annotations
@@ -41,12 +41,13 @@ from safe.config import ConfigError, load_config  # noqa: E402
 
 PROMOTION = Path("data") / "eval" / "promotion.json"
 DATA_CHECK_STAGES = ("prepare_data",)
-"""Stages whose GX data checks gate the DAG: run as the flow's `data-checks` task, never retried."""
+"""Stages whose GX data checks gate the DAG: run as the flow's `data-checks` task (a failed check is not retried)."""
 STAGE_RETRIES = 1
 STAGE_RETRY_DELAY_S = 30
 """A stage that failed for a reason that may pass (a held DVC lock, memory) is retried once, after this delay."""
-ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
-"""Deployment concurrency: a run that starts while another runs waits (AwaitingConcurrencySlot), then runs."""
+ON_OVERLAP = {"queue": ConcurrencyLimitStrategy.ENQUEUE, "skip": ConcurrencyLimitStrategy.CANCEL_NEW}
+"""Deployments run one at a time; a run due while another runs waits for it (AwaitingConcurrencySlot, then runs),
+or with "skip" is cancelled."""
 _RAN = re.compile(r"Running stage '([^']+)'")
 _CHECKS_FAILED = re.compile(r"error: (data|feature) checks failed")  # what pipelines.common.fail prints for GX
 _BAD_PARAMS = re.compile(r"\bConfigError\b")
@@ -58,8 +59,15 @@ class StageFailed(RuntimeError):
     healable = True
 
     def __init__(self, stage: str, returncode: int, tail: str):
-        super().__init__(f"stage {stage!r} failed (dvc exit code {returncode}); last output:\n{tail}")
+        super().__init__(self.describe(stage, returncode, tail))
         self.stage, self.returncode, self.tail = stage, returncode, tail
+
+    @staticmethod
+    def describe(stage: str, returncode: int, tail: str) -> str:
+        return f"stage {stage!r} failed (dvc exit code {returncode}); last output:\n{tail}"
+
+    def __reduce__(self):  # pickled into Prefect states: rebuild from the fields, not the message
+        return type(self), (self.stage, self.returncode, self.tail)
 
 
 class DataCheckFailed(StageFailed):
@@ -67,9 +75,9 @@ class DataCheckFailed(StageFailed):
 
     healable = False
 
-    def __init__(self, stage: str, returncode: int, tail: str):
-        RuntimeError.__init__(self, f"data checks failed in stage {stage!r}; nothing was written. Report:\n{tail}")
-        self.stage, self.returncode, self.tail = stage, returncode, tail
+    @staticmethod
+    def describe(stage: str, returncode: int, tail: str) -> str:
+        return f"data checks failed in stage {stage!r}; nothing was written. Report:\n{tail}"
 
 
 class BadParams(StageFailed):
@@ -154,7 +162,8 @@ def check_params(project_dir: str) -> str:
     return cfg.profile
 
 
-@task(name="data-checks", retries=0, cache_policy=NO_CACHE, task_run_name="data-checks-{stage}")
+@task(name="data-checks", retries=STAGE_RETRIES, retry_delay_seconds=STAGE_RETRY_DELAY_S,
+      retry_condition_fn=_retry_may_heal, cache_policy=NO_CACHE, task_run_name="data-checks-{stage}")
 def data_checks(stage: str, project_dir: str, parent_run_id: str, force: bool = False) -> list[str]:
     """The stage that builds the data and runs the GX checks on it; a failed check fails this task, not retried."""
     return _repro(stage, project_dir, parent_run_id, force)
@@ -190,7 +199,8 @@ def outcome_message(outcome: dict[str, Any]) -> str:
             f"{' failed=' + ','.join(failed) if failed else ''} stages_run={ran}")
 
 
-# Parameter annotations are builtins only: a deployment run validates parameters against them in a fresh process.
+# Builtin parameter annotations only: a served flow can reach its run's process pickled by value, without this
+# module's imports, and Prefect validates the run's parameters against them there.
 @flow(name="safe-training")
 def training_flow(project_dir: str = ".", stages: list[str] | None = None, force: bool = False):
     """Reproduce the DVC pipeline under one MLflow parent run; returns {decision, version, criteria, stages_run,
@@ -247,17 +257,23 @@ def _deployment_kwargs(cron: str, project_dir: str | Path) -> dict[str, Any]:
                 entrypoint_type=EntrypointType.MODULE_PATH)
 
 
-def register_deployment(name: str, cron: str, project_dir: str = ".", work_pool: str | None = None) -> str:
+def one_at_a_time(on_overlap: str = "queue") -> ConcurrencyLimitConfig:
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=ON_OVERLAP[on_overlap])
+
+
+def register_deployment(name: str, cron: str, project_dir: str = ".", work_pool: str | None = None,
+                        on_overlap: str = "queue") -> str:
     """Create/update the scheduled deployment on the Prefect API in use; returns its id. Does not serve it:
     runs execute where `schedule` (without a work pool) serves the flow, or on `work_pool`'s workers."""
-    deployment = training_flow.to_deployment(name=name, work_pool_name=work_pool, concurrency_limit=ONE_AT_A_TIME,
+    deployment = training_flow.to_deployment(name=name, work_pool_name=work_pool,
+                                             concurrency_limit=one_at_a_time(on_overlap),
                                              **_deployment_kwargs(cron, project_dir))
     return str(deployment.apply())
 
 
-def serve(name: str, cron: str, project_dir: str = ".") -> None:
+def serve(name: str, cron: str, project_dir: str = ".", on_overlap: str = "queue") -> None:
     """Register the scheduled deployment and serve it (blocks; Ctrl-C stops serving and pauses the schedule)."""
-    training_flow.serve(name=name, global_limit=ONE_AT_A_TIME, **_deployment_kwargs(cron, project_dir))
+    training_flow.serve(name=name, global_limit=one_at_a_time(on_overlap), **_deployment_kwargs(cron, project_dir))
 
 
 def check_cron(cron: str) -> None:
@@ -282,8 +298,10 @@ def check_project(project_dir: str | Path) -> Path:
                                 "folder or pass --project-dir PATH")
     try:
         dvc_stages(project)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise ScheduleError(f"{project / 'dvc.yaml'}: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:
+        raise ScheduleError(str(exc)) from None
+    except yaml.YAMLError as exc:
+        raise ScheduleError(f"{project / 'dvc.yaml'}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return project
 
 
@@ -323,7 +341,7 @@ def check_work_pool(work_pool: str) -> None:
 
 
 def schedule(name: str, cron: str, project_dir: str = ".", register_only: bool = False,
-             work_pool: str | None = None) -> int:
+             work_pool: str | None = None, on_overlap: str = "queue") -> int:
     """Check everything a schedule needs, then register it (a work pool's workers run it) or serve it here."""
     check_cron(cron)
     project = check_project(project_dir)
@@ -331,15 +349,15 @@ def schedule(name: str, cron: str, project_dir: str = ".", register_only: bool =
     if work_pool:
         check_work_pool(work_pool)
     if register_only or work_pool:
-        deployment_id = register_deployment(name, cron, project, work_pool)
+        deployment_id = register_deployment(name, cron, project, work_pool, on_overlap)
         runs_on = (f"work pool {work_pool!r} (its workers run it: `prefect worker start --pool {work_pool}`)"
                    if work_pool else "no worker yet: serve it with `safe schedule` without --register-only")
         print(f"registered deployment 'safe-training/{name}' ({deployment_id}) on {url}: cron {cron!r}, "
-              f"project {project}, one run at a time; runs on {runs_on}")
+              f"project {project}, one run at a time ({on_overlap} on overlap); runs on {runs_on}")
         return 0
-    print(f"serving 'safe-training/{name}' (cron {cron!r}, project {project}, one run at a time) on {url}; "
-          "Ctrl-C stops serving and pauses the schedule", file=sys.stderr)
-    serve(name, cron, project)
+    print(f"serving 'safe-training/{name}' (cron {cron!r}, project {project}, one run at a time, {on_overlap} on "
+          f"overlap) on {url}; Ctrl-C stops serving and pauses the schedule", file=sys.stderr)
+    serve(name, cron, project, on_overlap)
     return 0
 
 
@@ -356,12 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--project-dir", default=".")
     p.add_argument("--register-only", action="store_true", help="register the deployment and exit (no serving)")
     p.add_argument("--work-pool", help="register for this work pool: its workers run the flow (implies no serving)")
+    p.add_argument("--on-overlap", choices=sorted(ON_OVERLAP), default="queue",
+                   help="a run due while another runs: queue (wait, then run) or skip (cancelled)")
     args = parser.parse_args(argv)
 
     if args.command == "run":
         stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
         try:
             dvc_stages(args.project_dir)  # fail fast, before starting a temporary Prefect API
+            load_config(Path(args.project_dir) / "params.yaml")
             outcome = training_flow(project_dir=args.project_dir, stages=stages, force=args.force)
         except (StageFailed, FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -369,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(outcome, indent=2))
         return 0
     try:
-        return schedule(args.name, args.cron, args.project_dir, args.register_only, args.work_pool)
+        return schedule(args.name, args.cron, args.project_dir, args.register_only, args.work_pool, args.on_overlap)
     except ScheduleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

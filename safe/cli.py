@@ -232,6 +232,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         command.append("--register-only")
     if args.work_pool:
         command += ["--work-pool", args.work_pool]
+    command += ["--on-overlap", args.on_overlap]
     child = subprocess.Popen(command)
     try:
         return child.wait()
@@ -300,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="register the deployment and exit, without serving it here")
     p.add_argument("--work-pool", help="register for this Prefect work pool and exit: its workers "
                                        "(`prefect worker start --pool NAME`) run the flow")
+    p.add_argument("--on-overlap", choices=["queue", "skip"], default="queue",
+                   help="a run that comes due while another runs: queue (wait for it, then run; default) or skip "
+                        "(cancelled)")
     p.set_defaults(func=cmd_schedule)
     return parser
 

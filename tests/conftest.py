@@ -193,6 +193,13 @@ def _deployment_run(server: PrefectServer, run, project: Path, tracking) -> Depl
     with server.client() as client:
         states = [s.name for s in client.read_flow_run_states(run.id)]
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
-    mlf = tracking.client(project)
-    parents = mlf.search_runs([tracking.experiment_id(mlf)], filter_string=f"tags.`prefect.flow_run_id` = '{run.id}'")
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)  # an earlier test's store (mlflow exports the URI it is given)
+    try:
+        mlf = tracking.client(project)
+        parents = mlf.search_runs([tracking.experiment_id(mlf)],
+                                  filter_string=f"tags.`prefect.flow_run_id` = '{run.id}'")
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
     return DeploymentRun(run.state, states, {t.name: t.state.type.value for t in tasks}, parents[0] if parents else None)

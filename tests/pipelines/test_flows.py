@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -116,15 +118,22 @@ def test_flow_runs_the_dag_nests_runs_and_then_reruns_nothing(prefect_api, proje
 
 
 def _task_runs(flow_state) -> dict[str, tuple[str, str]]:
-    """{task run name: (state type, everything it logged)} of one flow run, read back from the Prefect API."""
+    """{task run name: (state type, everything it logged)} of one flow run, read back from the Prefect API (logs
+    reach it in batches: wait until each task's closing "Finished in state" line is there)."""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterTaskRunId
+    from prefect.logging.handlers import APILogHandler
 
+    APILogHandler().flush()
+    deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
-        logs = client.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[r.id for r in runs])))
-    text = {r.id: "\n".join(log.message for log in logs if log.task_run_id == r.id) for r in runs}
-    return {r.name: (r.state.type.value, text[r.id]) for r in runs}
+        while True:
+            logs = client.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[r.id for r in runs])))
+            text = {r.id: "\n".join(log.message for log in logs if log.task_run_id == r.id) for r in runs}
+            if all("Finished in state" in t for t in text.values()) or time.monotonic() > deadline:
+                return {r.name: (r.state.type.value, text[r.id]) for r in runs}
+            time.sleep(1)
 
 
 def test_failed_data_check_fails_its_own_task_once_with_the_report_and_stops_before_training(prefect_api, project):
@@ -134,6 +143,7 @@ def test_failed_data_check_fails_its_own_task_once_with_the_report_and_stops_bef
     with pytest.raises(flows.DataCheckFailed, match="expect_column_values_to_not_be_null") as failure:
         state.result()
     assert failure.value.stage == "prepare_data"
+    assert str(pickle.loads(pickle.dumps(failure.value))) == str(failure.value)  # Prefect may pickle it into a state
     assert len(attempts(project, "prepare_data")) == 1  # a failed check is not retried
     tasks = _task_runs(state)
     assert set(tasks) == {"check-params", "data-checks-prepare_data"}  # nothing after the data checks ran
@@ -176,14 +186,22 @@ def test_unknown_stage_is_named(prefect_api, project):
         flows.training_flow(project_dir=str(project), stages=["trian"])
 
 
-@pytest.mark.parametrize("entrypoint", [f"{flows.__file__}:training_flow", "pipelines.flows.training_flow"])
-def test_a_deployment_run_validates_the_flow_parameters(entrypoint):
-    """A deployment run loads the flow from its entrypoint in a fresh process and validates its parameters."""
+def test_a_deployment_run_validates_the_flow_parameters():
+    """A served flow defined in `__main__` reaches the run's process pickled by value, with only the globals its code
+    uses: parameter annotations that need other names (`Sequence` under postponed annotations) then cannot resolve.
+    A work-pool run imports the module-path entrypoint instead."""
+    import cloudpickle
     from prefect.flows import load_flow_from_entrypoint
 
-    loaded = load_flow_from_entrypoint(entrypoint)
-    assert loaded.validate_parameters({"project_dir": "/p", "stages": ["train"], "force": "true"}) == {
-        "project_dir": "/p", "stages": ["train"], "force": True}
+    cloudpickle.register_pickle_by_value(flows)
+    try:
+        shipped = cloudpickle.loads(cloudpickle.dumps(flows.training_flow))
+    finally:
+        cloudpickle.unregister_pickle_by_value(flows)
+    imported = load_flow_from_entrypoint("pipelines.flows.training_flow")
+    for loaded in (shipped, imported):
+        assert loaded.validate_parameters({"project_dir": "/p", "stages": ["train"], "force": "true"}) == {
+            "project_dir": "/p", "stages": ["train"], "force": True}
 
 
 def test_register_deployment_creates_the_cron_schedule_one_run_at_a_time(prefect_api, project):
@@ -198,6 +216,9 @@ def test_register_deployment_creates_the_cron_schedule_one_run_at_a_time(prefect
     assert deployment.entrypoint == "pipelines.flows.training_flow"
     assert deployment.global_concurrency_limit.limit == 1
     assert deployment.concurrency_options.collision_strategy.value == "ENQUEUE"
+    skipping = flows.register_deployment("safe-test", "0 3 * * *", str(project), on_overlap="skip")
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment(skipping).concurrency_options.collision_strategy.value == "CANCEL_NEW"
 
 
 def test_read_outcome_checks_the_promotion_file(tmp_path):
@@ -207,3 +228,12 @@ def test_read_outcome_checks_the_promotion_file(tmp_path):
     path.write_text(json.dumps({"decision": "rejected"}))
     with pytest.raises(ValueError, match=r"missing key\(s\) \['version', 'criteria'\]"):
         flows.read_outcome(tmp_path)
+
+
+def test_run_command_prints_the_outcome_and_names_bad_params(prefect_api, project, capsys):
+    assert flows.main(["run", "--project-dir", str(project), "--stages", "prepare_data"]) == 0
+    assert json.loads(capsys.readouterr().out)["stages_run"] == ["prepare_data"]
+    (project / "params.yaml").write_text("profile: huge\n")
+    assert flows.main(["run", "--project-dir", str(project)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "profile must be one of" in err and "Traceback" not in err
