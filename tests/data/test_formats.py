@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from safe.data.formats import FAMILIES, FORMATS, FormatError, get_format
 from safe.data.manifest import read_manifest
-from safe.data.media import load_audio, load_image, write_wav  # noqa: F401
+from safe.data.media import load_audio, load_image
 from format_fixtures import _avqa_doc, _image, _json, _video, _vqav2_files, _wav  # tests/format_fixtures.py
 
 

@@ -8,12 +8,11 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port, stop_process_group
+from prefect_server import free_port, stop_process_group  # tests/prefect_server.py
 
 BIN = Path(sys.executable).parent
 DAG_STAGES = ["prepare_data", "extract_features", "base_vl", "stage_a", "stage_b", "stage_c", "evaluate", "promote"]
