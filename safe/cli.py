@@ -17,6 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from safe.data.commands import positive_int
 from safe.errors import EXIT_CRITERIA_FAILED, EXIT_INTERNAL, UserError, describe_path, from_exception
 
 for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
@@ -283,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="metrics file to write (strict JSON)")
     p.add_argument("--params", type=Path, help="params.yaml whose promote: thresholds are used (default: "
                    "params.yaml of the project folder when there is one, else the spec's thresholds)")
-    p.add_argument("--latency-examples", type=_positive_int, default=16,
+    p.add_argument("--latency-examples", type=positive_int, default=16,
                    help="examples timed one at a time for the latency numbers (default: 16)")
     _add_debug(p)
     p.set_defaults(func=cmd_evaluate)
@@ -306,16 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "(cancelled)")
     p.set_defaults(func=cmd_schedule)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,9 +44,9 @@ def register(subparsers: argparse._SubParsersAction,
 
     p = subparsers.add_parser("synth", help="generate the synthetic audio-visual QA benchmark", epilog=EXIT_CODES)
     p.add_argument("--out", required=True, type=Path, help="output folder (manifest.jsonl, images/, audio/)")
-    p.add_argument("--size", type=_positive_int, default=1000, help="total examples, split 70/15/15 (default: 1000)")
+    p.add_argument("--size", type=positive_int, default=1000, help="total examples, split 70/15/15 (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes (default: 0)")
-    p.add_argument("--image-size", type=_positive_int, default=32, help="side of the square images in pixels "
+    p.add_argument("--image-size", type=positive_int, default=32, help="side of the square images in pixels "
                    "(default: 32)")
     p.add_argument("--clip-seconds", type=_positive_float, default=1.0, help="length of each audio clip in seconds "
                    "(default: 1.0)")
@@ -235,7 +235,7 @@ def _check_has_rows(manifest: Path) -> None:
                     fix="a manifest is JSONL in UTF-8: one JSON object per line")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
