@@ -1,7 +1,7 @@
 """DVC experiments on the tiny profile, the way the README runs them: the README's experiments block, line by line.
 
-One module-scoped session runs the whole block once on a finished tiny DAG (a git + DVC copy of the repository,
-built by test_dag.py's `project` fixture): commit the baseline, `dvc exp run -S`, a queued 2-point sweep started with
+One module-scoped session runs the whole block once on a finished tiny DAG (a copy of the git + DVC project that
+the served deployment ran, tests/conftest.py: tiny_deployment): commit the baseline, `dvc exp run -S`, a queued 2-point sweep started with
 `dvc queue start`, `dvc exp show`, diffs between experiments, `dvc exp apply`. The tests read what each line printed.
 """
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from test_dag import ROOT, _run, project  # noqa: F401  (project: the fixture this module builds on)
+from project_copy import ROOT, run as _run  # tests/project_copy.py
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +94,16 @@ def _wait_for_queue(dst: Path, env: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def session(project) -> dict:  # noqa: F811
+def project(tiny_deployment, tmp_path_factory) -> tuple[Path, dict]:
+    """A copy of the finished tiny project (outputs, DVC cache, git history, MLflow store): the experiments commit and
+    apply in it without changing the project the other integration tests read."""
+    dst = tmp_path_factory.mktemp("experiments") / "repo"
+    shutil.copytree(tiny_deployment.project, dst, symlinks=True)
+    return dst, {**tiny_deployment.env, "PYTHONPATH": str(dst)}
+
+
+@pytest.fixture(scope="module")
+def session(project) -> dict:
     """Runs the tiny DAG, then every line of the README's experiments block; returns what each printed."""
     dst, env = project
     started = time.monotonic()
