@@ -22,6 +22,21 @@ for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED":
     os.environ.setdefault(_key, _value)
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_stays_with_its_test():
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI (and keeps a module global); a test that points MLflow at its
+    own store must not leave later tests, or their subprocesses, reading a store that no longer exists."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None and getattr(utils, "_tracking_uri", None) != before:
+        utils._tracking_uri = before
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 TINY_TEXTS = [
     "what color is the circle ?", "how many shapes are there ?", "how many beeps do you hear ?",
     "red blue green yellow one two three four yes no dog cat",
