@@ -99,7 +99,9 @@ def project(tiny_deployment, tmp_path_factory) -> tuple[Path, dict]:
     apply in it without changing the project the other integration tests read."""
     dst = tmp_path_factory.mktemp("experiments") / "repo"
     shutil.copytree(tiny_deployment.project, dst, symlinks=True)
-    return dst, {**tiny_deployment.env, "PYTHONPATH": str(dst)}
+    env = {**tiny_deployment.env, "PYTHONPATH": str(dst)}
+    _run(["git", "checkout", "--", "params.yaml"], dst, env)  # test_dag's last test set num_processes: 2 there
+    return dst, env
 
 
 @pytest.fixture(scope="module")
