@@ -29,11 +29,11 @@ def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> f
 def demo_base_vl(profile: str = "demo"):
     """A BaseVLModel with the profile's sizes (random weights: timing does not depend on training)."""
     from safe.config import build_config
-    from safe.models.base_vl import BaseVLModel, build_llava, build_processor, build_word_tokenizer
+    from safe.models.base_vl import BaseVLModel, build_llava, build_processor, build_subword_tokenizer
 
     cfg = build_config({"profile": profile})
     words = ["what color is the circle ?", "how many beeps do you hear ?", "red blue green yellow one two three four"]
-    tokenizer = build_word_tokenizer(words)
+    tokenizer = build_subword_tokenizer(words)
     base = BaseVLModel(build_llava(cfg.model, tokenizer, cfg.data.image_size),
                        build_processor(tokenizer, cfg.data.image_size, cfg.model.patch_size))
     return cfg, base

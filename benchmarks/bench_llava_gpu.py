@@ -36,7 +36,7 @@ from PIL import Image
 
 from safe.config import build_config
 from safe.models.audio_encoders import ClapAudioEncoder
-from safe.models.base_vl import IMAGE_TOKEN, BaseVLModel, build_processor, build_word_tokenizer
+from safe.models.base_vl import IMAGE_TOKEN, BaseVLModel, build_processor, build_subword_tokenizer
 from safe.models.safe_model import SAFEArchitecture, SAFEModel
 from safe.training.losses import answer_loss, answer_positions, retention_kl
 
@@ -124,7 +124,7 @@ class Bench:
             base = BaseVLModel.from_pretrained(self.args.checkpoint, dtype=self.dtype).to(self.device)
             self.image_size = base.processor.image_processor.crop_size["height"]
         else:
-            tokenizer = build_word_tokenizer(QUESTIONS + ANSWERS)
+            tokenizer = build_subword_tokenizer(QUESTIONS + ANSWERS)
             config, self.image_size, patch = llava_15_7b_config(tokenizer, self.args.tiny)
             torch.manual_seed(0)
             with torch.device(self.device):

@@ -137,7 +137,9 @@ class ModelConfig:
     """Decoder layers (indices, negative from the end) after which a cross-attention fusion block is applied."""
     fusion_heads: int = 4
     lora_rank: int = 8
-    """Rank of the low-rank projections inside each fusion block."""
+    """Rank of the peft LoRA adapters on each fusion block's attention projections."""
+    fusion_init: str = "random"
+    """Frozen q/k/v under each fusion block's LoRA: `random` (seeded) or `host` (the decoder layer's attention)."""
     dtype: str = "float32"
     activation_checkpointing: bool = False
     """Stage A recomputes the frozen LM's decoder activations in backward instead of keeping them (large models)."""
@@ -152,6 +154,7 @@ class ModelConfig:
         _check(self.text_hidden % self.text_heads == 0, "model.text_hidden must be divisible by model.text_heads")
         _check(self.text_hidden % self.fusion_heads == 0, "model.text_hidden must be divisible by model.fusion_heads")
         _check(self.lora_rank >= 1, "model.lora_rank must be >= 1")
+        _check(self.fusion_init in ("random", "host"), f"model.fusion_init must be random or host, got {self.fusion_init!r}")
         _check(self.dtype in ("float32", "bfloat16", "float16"), f"model.dtype unknown: {self.dtype}")
         _check(self.language_model is None or (isinstance(self.language_model, str) and self.language_model.strip()),
                f"model.language_model must be a non-empty string or null, got {self.language_model!r}")
@@ -242,7 +245,9 @@ class StageAConfig:
     kl_weight: float = 1.0
     """Weight of KL(base || SAFE) on VL-only examples."""
     fisher_weight: float = 10.0
-    """Weight of the diagonal-Fisher (EWC) penalty anchored at the starting parameters."""
+    """Weight of the diagonal-Fisher (EWC) penalty. The Fisher is estimated at every retention check from the first
+    after step 0 on (at step 0 the zero-initialised LoRA leaves every other tensor without gradient), on VL-only rows
+    carrying a clip, and anchored at the parameters training continues from (the last state that kept retention)."""
     gate_weight: float = 1.0
     """Weight of the gate loss: each fusion block's gate (read from the question) learns to open for questions that
     need audio and close for VL-only ones carrying a clip. 0 leaves the gate to the task and KL losses alone."""
@@ -254,7 +259,13 @@ class StageAConfig:
     """Factor applied to kl_weight when a check finds the tolerance broken (then roll back to the best checkpoint)."""
     eval_every: int = 50
     distractor_prob: float = 0.8
-    """Probability that a VL-only training example gets a distractor clip from another example."""
+    """Probability that a VL-only training example gets a clip it does not need (a misrouting the KL and gate
+    losses teach the adapter to ignore)."""
+    silent_share: float = 0.25
+    """Share of those clips that are silent (silence at a few lengths) rather than another example's clip."""
+    retention_flip_tolerance: float = 1.0
+    """Maximum share of VL-only validation answers that change with a clip fused at the largest budget (each VL-only
+    question carries its own clip or a distractor); above it the check rolls back like a retention break."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -263,6 +274,9 @@ class StageAConfig:
         _check(self.retention_tolerance >= 0, "stage_a.retention_tolerance must be >= 0")
         _check(self.kl_weight_growth >= 1.0, "stage_a.kl_weight_growth must be >= 1")
         _check(self.gate_weight >= 0, f"stage_a.gate_weight must be >= 0, got {self.gate_weight}")
+        _check(0.0 <= self.silent_share <= 1.0, f"stage_a.silent_share must be in [0, 1], got {self.silent_share}")
+        _check(0.0 <= self.retention_flip_tolerance <= 1.0,
+               f"stage_a.retention_flip_tolerance must be in [0, 1], got {self.retention_flip_tolerance}")
 
 
 @dataclass(frozen=True)
@@ -397,7 +411,8 @@ RANGES: dict[str, _Rule] = {
     "stage_a.kl_weight": _NONNEG_NUM, "stage_a.fisher_weight": _NONNEG_NUM, "stage_a.gate_weight": _NONNEG_NUM,
     "stage_a.fisher_batches": _COUNT, "stage_a.retention_tolerance": _SHARE,
     "stage_a.kl_weight_growth": _at_least(1, "a number"), "stage_a.eval_every": _COUNT,
-    "stage_a.distractor_prob": _SHARE, "stage_a.seed": _NONNEG_INT,
+    "stage_a.distractor_prob": _SHARE, "stage_a.silent_share": _SHARE, "stage_a.retention_flip_tolerance": _SHARE,
+    "stage_a.seed": _NONNEG_INT,
     "stage_b.steps": _COUNT, "stage_b.batch_size": _COUNT, "stage_b.lr": _POS_NUM, "stage_b.entropy_coef": _NONNEG_NUM,
     "stage_b.alpha": _NONNEG_NUM, "stage_b.gamma": _NONNEG_NUM, "stage_b.retention_tolerance": _SHARE,
     "stage_b.lagrange_lr": _NONNEG_NUM, "stage_b.hidden_dim": _COUNT,

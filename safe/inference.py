@@ -37,6 +37,8 @@ BASE_DIR = "base_vl"
 # The file names of safe.models.safe_model and safe.rl.policy, repeated so the checks need not import torch.
 SAFE_CONFIG_FILE = "safe_config.json"
 SAFE_TRAINABLE_FILE = "safe_trainable.safetensors"
+LORA_DIR = "fusion_lora"  # safe.models.safe_model.LORA_DIR (not imported: this module checks bundles without torch)
+LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 GATE_FILES = ("config.json", "model.safetensors")
 DEFAULT_MAX_AUDIO_SECONDS = 30.0
 """Clips are cropped to this while decoding (the pipeline's `data.max_audio_seconds` default)."""
@@ -136,6 +138,8 @@ def check_bundle(folder: str | Path) -> dict:
             raise BundleError(f"{bundle / SAFE_CONFIG_FILE}: key {key!r} missing or not a "
                               f"{'JSON object' if kind is dict else 'string'}")
     check_safetensors(bundle / SAFE_TRAINABLE_FILE)
+    _read_json(bundle / LORA_DIR / LORA_FILES[0], "fusion LoRA adapter configuration (peft)")
+    check_safetensors(bundle / LORA_DIR / LORA_FILES[1])
     gate = bundle / GATE_DIR
     if not gate.is_dir():
         raise BundleError(f"{gate}: missing (the deployment gate folder); is {bundle} a Stage A folder rather "
@@ -188,11 +192,12 @@ def check_question(question: str, bundle: str | Path | None = None, config: dict
 
 def assemble_bundle(out_dir: str | Path, base_vl: str, stage_a_dir: str | Path, gate_dir: str | Path) -> Path:
     """Copy the trained parts (and a locally trained base VL) into one self-contained folder, atomically."""
-    from safe.models.safe_model import CONFIG_FILE, TRAINABLE_FILE, read_safe_config
+    from safe.models.safe_model import CONFIG_FILE, LORA_DIR, TRAINABLE_FILE, read_safe_config
 
     config = read_safe_config(stage_a_dir)
     with atomic_dir(out_dir) as tmp:
         shutil.copy2(Path(stage_a_dir) / TRAINABLE_FILE, tmp / TRAINABLE_FILE)
+        shutil.copytree(Path(stage_a_dir) / LORA_DIR, tmp / LORA_DIR)
         shutil.copytree(gate_dir, tmp / GATE_DIR)
         if Path(base_vl).is_dir():
             shutil.copytree(base_vl, tmp / BASE_DIR)

@@ -24,13 +24,13 @@ def tiny_clap_folder(path: Path, seed: int = 0) -> Path:
 
 
 def tiny_llava_folder(path: Path, texts: Sequence[str], image_size: int = 32, seed: int = 0) -> Path:
-    """A 2-layer `LlavaForConditionalGeneration` (hidden 32), its processor and a word-level tokenizer over `texts`."""
+    """A 2-layer `LlavaForConditionalGeneration` (hidden 32), its processor and a byte-level BPE tokenizer trained on `texts`."""
     from safe.config import build_config
-    from safe.models.base_vl import BaseVLModel, build_llava, build_processor, build_word_tokenizer
+    from safe.models.base_vl import BaseVLModel, build_llava, build_processor, build_subword_tokenizer
 
     cfg = build_config({"profile": "tiny", "model": {
         "vision_hidden": 32, "text_hidden": 32, "text_intermediate": 64, "text_heads": 4, "fusion_heads": 4}}).model
-    tokenizer = build_word_tokenizer(list(texts))
+    tokenizer = build_subword_tokenizer(list(texts))
     torch.manual_seed(seed)
     base = BaseVLModel(build_llava(cfg, tokenizer, image_size), build_processor(tokenizer, image_size, 8))
     base.save_pretrained(path)

@@ -45,13 +45,13 @@ TINY_TEXTS = [
 
 @pytest.fixture(scope="session")
 def tiny_base():
-    """A frozen BaseVLModel around a 2-layer LLaVA (hidden 32) with a word-level tokenizer."""
+    """A frozen BaseVLModel around a 2-layer LLaVA (hidden 32) with a byte-level BPE tokenizer."""
     from safe.config import build_config
-    from safe.models.base_vl import BaseVLModel, build_llava, build_processor, build_word_tokenizer
+    from safe.models.base_vl import BaseVLModel, build_llava, build_processor, build_subword_tokenizer
 
     cfg = build_config({"profile": "tiny", "model": {
         "vision_hidden": 32, "text_hidden": 32, "text_intermediate": 64, "text_heads": 4, "fusion_heads": 4}}).model
-    tokenizer = build_word_tokenizer(TINY_TEXTS)
+    tokenizer = build_subword_tokenizer(TINY_TEXTS)
     return BaseVLModel(build_llava(cfg, tokenizer, 32), build_processor(tokenizer, 32, 8))
 
 

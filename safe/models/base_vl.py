@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 from torch import nn
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoProcessor,
@@ -34,8 +34,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from safe.config import ModelConfig
 
 IMAGE_TOKEN = "<image>"
-SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", IMAGE_TOKEN]
-PROMPT_WORDS = ["user", ":", "assistant"]
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", IMAGE_TOKEN]
 REQUIRED_CHECKPOINT_FILES = ("config.json",)
 
 
@@ -70,25 +69,29 @@ class VLBatch:
         return VLBatch(move(self.input_ids), move(self.attention_mask), move(self.pixel_values), move(self.labels))
 
 
-def build_word_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over the words of `texts` (offline profiles have no pretrained tokenizer).
+def build_subword_tokenizer(texts: Sequence[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `texts` (offline profiles have no pretrained tokenizer).
 
-    Words outside the vocabulary (e.g. in held-out paraphrases) map to `<unk>`.
+    Byte-level: any string, including words never seen in training (held-out phrasings), becomes known subword or
+    byte tokens, so there is no `<unk>`. Lowercased, like the questions' answers are scored.
     """
-    pre = pre_tokenizers.Whitespace()
-    norm = normalizers.Lowercase()
-    words: set[str] = set(PROMPT_WORDS)
-    for text in texts:
-        words.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text)))
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for word in sorted(words):
-        vocab.setdefault(word, len(vocab))
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.normalizer = norm
-    backend.pre_tokenizer = pre
+    backend = Tokenizer(models.BPE())
+    backend.normalizer = normalizers.Lowercase()
+    # Words split at whitespace, each with its leading-space marker: a word reads the same after the image
+    # placeholder's newline as after a space, so a question's tokens do not depend on whether it has an image.
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False),
+    ])
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    # Each text as it appears in prompts, with and without the image placeholder (words after it lose their space).
+    corpus = [f"{LLAVA_15.user}{image}{text}{LLAVA_15.assistant}" for text in texts for image in ("", f"{IMAGE_TOKEN}\n")]
+    backend.train_from_iterator(corpus, trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-        padding_side="left",
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", padding_side="left",
     )
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     return tokenizer
@@ -202,13 +205,13 @@ def build_trainable_vl(
     """The LLaVA the base_vl stage trains, with its processor and requires_grad set.
 
     With `cfg.language_model`, a pretrained LM (frozen or not, per `cfg.language_model_trainable`) inside a new
-    vision tower; without it, a small LLaVA from scratch whose word-level vocabulary comes from `texts`.
+    vision tower; without it, a small LLaVA from scratch whose byte-level BPE vocabulary is trained on `texts`.
     """
     if cfg.language_model:
         llava, processor = build_llava_around_lm(cfg, resolve_language_model(cfg.language_model, cache_dir), image_size)
         set_trainable(llava, cfg.language_model_trainable)
         return llava, processor
-    tokenizer = build_word_tokenizer(texts)
+    tokenizer = build_subword_tokenizer(texts)
     llava = build_llava(cfg, tokenizer, image_size)
     set_trainable(llava, "all")
     return llava, build_processor(tokenizer, image_size, cfg.patch_size)
@@ -245,7 +248,7 @@ CHATML = PromptFormat("chatml", "<|im_start|>user\n", "<|im_end|>\n<|im_start|>a
 
 
 def prompt_format_for(tokenizer) -> PromptFormat:
-    """ChatML when the tokenizer has `<|im_start|>` as a token, else LLaVA-1.5 (its checkpoints, the word-level
+    """ChatML when the tokenizer has `<|im_start|>` as a token, else LLaVA-1.5 (its checkpoints, the byte-level
     tokenizer of the offline profiles)."""
     return CHATML if "<|im_start|>" in tokenizer.get_vocab() else LLAVA_15
 
@@ -394,26 +397,12 @@ class BaseVLModel(nn.Module):
 
         Every word counts the same, whatever its embedding's norm: words the base never trained on (the audio
         words, for a base trained on VL questions only) keep small initial embeddings and would otherwise vanish
-        from the mean, making "count the beeps" look like "count the shapes". Image placeholders and unknown
-        words are left out: `<unk>` never occurs in the training questions, so it says nothing about a question
-        (on the demo, held-out VL paraphrases with one new word otherwise looked like audio questions)."""
+        from the mean, making "count the beeps" look like "count the shapes". Image placeholders are left out."""
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         emb = torch.nn.functional.normalize(self.llava.get_input_embeddings()(input_ids).float(), dim=-1)  # (B, T, D)
         keep = self.text_positions(input_ids, attention_mask)  # (B, T)
-        if self.tokenizer.unk_token_id is not None:
-            keep &= input_ids != self.tokenizer.unk_token_id
         keep_f = keep.unsqueeze(-1).to(emb.dtype)
         return (emb * keep_f).sum(1) / keep_f.sum(1).clamp(min=1.0)
-
-    def unknown_word_share(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B,) share of the prompt's text tokens that are `<unk>`: words the tokenizer never saw (0 without `<unk>`).
-        The question embedding leaves them out, so this is the only trace a rephrased question leaves in the state."""
-        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        text = self.text_positions(input_ids, attention_mask)  # (B, T)
-        if self.tokenizer.unk_token_id is None:
-            return torch.zeros(input_ids.shape[0], device=self.device)
-        unknown = text & (input_ids == self.tokenizer.unk_token_id)
-        return unknown.sum(1).float() / text.sum(1).clamp(min=1).float()
 
     # -- prompts and batches -----------------------------------------------------------------------------------
     def encode(self, questions, images, answers=None) -> VLBatch:

@@ -1,14 +1,14 @@
 """LoRA cross-attention fusion: LLM hidden states attend to audio tokens, added back through a gate in [0, 1].
 
-Every projection is low-rank (d -> r -> d), as in LoRA; the output projection's up-matrix starts at zero
-(peft's `lora_B` convention), so a fresh block returns its input unchanged and SAFE starts as the base model.
-The gate in [0, 1] is one value per example, sigmoid(learned bias + w . q), read from q = the mean of the
-normalised hidden states over the prompt's text tokens (the question summary), so the question can close it for
-VL-only questions (Stage A's gate loss trains it to). Why the whole prompt and not each token's own hidden state:
-a base that never trained on audio questions mixes their words poorly into later positions. On the demo a linear
-probe on the answer position's hidden state told audio from VL-only test questions at 82-87%, one on the prompt's
-mean embedding at 92%. w starts at zero, so a fresh gate is the constant sigmoid(bias). A forced gate (scalar or per
-example) replaces it; a forced 0 returns the input exactly without computing anything.
+The attention projections (q, k, v, o) are frozen linear layers carrying peft LoRA adapters (`LoraConfig` +
+`inject_adapter_in_model`): only the low-rank updates, the norms and the gate train. The frozen output projection is
+zero and peft starts every `lora_B` at zero, so a fresh block returns its input unchanged and SAFE starts as the base
+model. The frozen q/k/v weights are seeded random projections, or the host decoder layer's own attention weights
+(`init_from`). The gate in [0, 1] is one value per example, sigmoid(learned bias + w . q), read from q = the mean of
+the normalised hidden states over the prompt's text tokens (the question summary), so the question can close it for
+VL-only questions (Stage A's gate loss trains it to); w starts at zero, so a fresh gate is the constant
+sigmoid(bias). A forced gate (scalar or per example) replaces it; a forced 0 returns the input exactly without
+computing anything.
 """
 
 from __future__ import annotations
@@ -16,30 +16,33 @@ from __future__ import annotations
 import math
 
 import torch
+from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+ADAPTER_NAME = "default"
 
-class LowRankLinear(nn.Module):
-    """x -> B(A x): (…, d_in) -> (…, d_out) through rank r. `zero_init` starts B at zero (output 0)."""
 
-    def __init__(self, d_in: int, d_out: int, rank: int, zero_init: bool = False):
-        super().__init__()
-        self.lora_A = nn.Linear(d_in, rank, bias=False)
-        self.lora_B = nn.Linear(rank, d_out, bias=False)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
-        if zero_init:
-            nn.init.zeros_(self.lora_B.weight)
-        else:
-            nn.init.normal_(self.lora_B.weight, std=1.0 / math.sqrt(rank))
+def lora_config(rank: int) -> LoraConfig:
+    """The peft LoRA every fusion block carries on its attention projections (scale alpha / r = 1, no dropout)."""
+    return LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, bias="none",
+                      target_modules=list(ATTENTION_PROJECTIONS), init_lora_weights=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lora_B(self.lora_A(x))
+
+def is_frozen_base_weight(name: str) -> bool:
+    """True for a parameter of a frozen layer that peft wrapped (it never trains)."""
+    return ".base_layer." in f".{name}"
 
 
 class CrossAttentionBlock(nn.Module):
-    """h' = h + gate * CrossAttn(norm(h), norm(audio)). Shapes: h (B, T, D), audio (B, K, D) -> (B, T, D)."""
+    """h' = h + gate * CrossAttn(norm(h), norm(audio)). Shapes: h (B, T, D), audio (B, K, D) -> (B, T, D).
 
-    def __init__(self, hidden_size: int, num_attention_heads: int, rank: int = 8, gate_init: float = 0.5):
+    Each of q_proj/k_proj/v_proj/o_proj is a peft `lora.Linear`: frozen `base_layer` + `lora_A`/`lora_B`."""
+
+    def __init__(self, hidden_size: int, num_attention_heads: int, rank: int = 8, gate_init: float = 0.5,
+                 init_from: nn.Module | None = None):
+        """`init_from`: an attention module with (hidden_size, hidden_size) q_proj/k_proj/v_proj (the host decoder
+        layer's self-attention) whose weights the frozen q/k/v copy; None: seeded random projections."""
         super().__init__()
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}")
@@ -50,13 +53,29 @@ class CrossAttentionBlock(nn.Module):
         self.head_dim = hidden_size // num_attention_heads
         self.query_norm = nn.LayerNorm(hidden_size)
         self.audio_norm = nn.LayerNorm(hidden_size)
-        self.q_proj = LowRankLinear(hidden_size, hidden_size, rank)
-        self.k_proj = LowRankLinear(hidden_size, hidden_size, rank)
-        self.v_proj = LowRankLinear(hidden_size, hidden_size, rank)
-        self.o_proj = LowRankLinear(hidden_size, hidden_size, rank, zero_init=True)
+        for name in ATTENTION_PROJECTIONS:
+            setattr(self, name, nn.Linear(hidden_size, hidden_size, bias=False))
+        nn.init.zeros_(self.o_proj.weight)  # with lora_B = 0: the block adds nothing until it trains
+        if init_from is not None:
+            self._copy_host_projections(init_from)
+        inject_adapter_in_model(lora_config(rank), self, adapter_name=ADAPTER_NAME)
         self.gate_logit = nn.Parameter(torch.tensor(math.log(gate_init / (1.0 - gate_init))))
         self.gate_proj = nn.Linear(hidden_size, 1, bias=False)
         nn.init.zeros_(self.gate_proj.weight)
+        for name, param in self.named_parameters():
+            param.requires_grad_(not is_frozen_base_weight(name))
+
+    def _copy_host_projections(self, attention: nn.Module) -> None:
+        with torch.no_grad():
+            for name in ("q_proj", "k_proj", "v_proj"):
+                weight = getattr(getattr(attention, name, None), "weight", None)
+                if weight is None or tuple(weight.shape) != (self.hidden_size, self.hidden_size):
+                    raise ValueError(
+                        f"cannot initialise the fusion block's {name} from the host layer: it needs a "
+                        f"({self.hidden_size}, {self.hidden_size}) {name}, got "
+                        f"{None if weight is None else tuple(weight.shape)} (grouped-query attention?); "
+                        "use model.fusion_init: random")
+                getattr(self, name).weight.copy_(weight.float())
 
     @property
     def gate(self) -> torch.Tensor:

@@ -3,7 +3,9 @@
 Fusion blocks are attached with forward hooks after chosen decoder layers instead of replacing them, so the base
 model's modules and state-dict keys stay exactly as loaded. Each example carries a token budget in the configured
 set (default 0/4/8/12): budget 0 is the base model bit for bit and never runs the audio encoder.
-Only the trainable parts (projector + fusion blocks) are saved, with the config that rebuilds the rest.
+Only the trained parts are saved, with the config that rebuilds the rest: the projector and the fusion blocks' norms,
+gates and frozen projections in safe_trainable.safetensors, the fusion blocks' LoRA weights as a peft adapter
+(`fusion_lora/`: adapter_config.json + adapter_model.safetensors).
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from peft import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from safe.io import atomic_write
 from safe.models.base_vl import BaseVLModel, VLBatch
-from safe.models.fusion_adapter import CrossAttentionBlock
+from safe.models.fusion_adapter import ADAPTER_NAME, CrossAttentionBlock, lora_config
 from safe.models.projectors import AudioProjector
 
 TRAINABLE_FILE = "safe_trainable.safetensors"
 CONFIG_FILE = "safe_config.json"
+LORA_DIR = "fusion_lora"
+LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
+FUSION_INITS = ("random", "host")
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,12 @@ class SAFEArchitecture:
     fusion_heads: int = 4
     lora_rank: int = 8
     projector_hidden: int = 256
+    fusion_init: str = "random"
+    """Frozen q/k/v of each fusion block: `random` (seeded) or `host` (the decoder layer's own attention weights)."""
+
+    def __post_init__(self) -> None:
+        if self.fusion_init not in FUSION_INITS:
+            raise ValueError(f"fusion_init must be one of {FUSION_INITS}, got {self.fusion_init!r}")
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
@@ -46,13 +58,14 @@ class SAFEArchitecture:
     def from_config(cls, cfg, audio_embed_dim: int) -> "SAFEArchitecture":
         """From a `safe.config.ModelConfig`."""
         return cls(audio_embed_dim, tuple(cfg.token_budgets), tuple(cfg.fusion_layers), cfg.fusion_heads,
-                   cfg.lora_rank, cfg.projector_hidden)
+                   cfg.lora_rank, cfg.projector_hidden, cfg.fusion_init)
 
     @classmethod
     def from_json(cls, data: dict) -> "SAFEArchitecture":
         data = dict(data)
         data["token_budgets"] = tuple(data["token_budgets"])
         data["fusion_layers"] = tuple(data["fusion_layers"])
+        data.setdefault("fusion_init", "random")
         return cls(**data)
 
 
@@ -96,9 +109,12 @@ class SAFEModel(nn.Module):
         self.projector = AudioProjector(arch.audio_embed_dim, D, max(self.token_budgets), hidden_dim=arch.projector_hidden)
         n_layers = len(base.decoder_layers)
         self.fusion_layer_ids = sorted({i % n_layers for i in arch.fusion_layers})
-        self.fusion = nn.ModuleDict(
-            {f"layer_{i}": CrossAttentionBlock(D, arch.fusion_heads, rank=arch.lora_rank) for i in self.fusion_layer_ids}
-        )
+        host = lambda i: base.decoder_layers[i].self_attn if arch.fusion_init == "host" else None  # noqa: E731
+        self.fusion = nn.ModuleDict({
+            f"layer_{i}": CrossAttentionBlock(D, arch.fusion_heads, rank=arch.lora_rank, init_from=host(i))
+            for i in self.fusion_layer_ids
+        })
+        self.fusion.peft_config = {ADAPTER_NAME: lora_config(arch.lora_rank)}  # peft's state-dict helpers read it
         self._context: _FusionContext | None = None
         for i in self.fusion_layer_ids:
             base.decoder_layers[i].register_forward_hook(self._make_hook(f"layer_{i}"))
@@ -206,35 +222,64 @@ class SAFEModel(nn.Module):
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"projector": self.projector, "fusion": self.fusion}
 
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters Stage A trains (name -> parameter): the projector, and in the fusion blocks the LoRA
+        weights, norms and gates; never the frozen projections under the LoRA adapters."""
+        from safe.models.fusion_adapter import is_frozen_base_weight
+
+        return {f"{name}.{k}": p for name, module in self.trainable_modules().items()
+                for k, p in module.named_parameters() if not is_frozen_base_weight(k)}
+
     def trainable_summary(self) -> dict[str, float]:
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        trainable = sum(p.numel() for p in self.trainable_parameters().values())
         total = sum(p.numel() for p in self.parameters())
         return {"trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / max(total, 1)}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the projector and the fusion blocks (LoRA weights included), on the CPU."""
         out = {}
         for name, module in self.trainable_modules().items():
             out.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
         return out
 
     def save_trainable(self, folder: str | Path, extra_config: dict | None = None) -> Path:
-        """Write the projector + fusion weights (safetensors) and the architecture (json), atomically."""
+        """Write the trained parts and the architecture (json), each file atomically: the LoRA weights as a peft
+        adapter in `fusion_lora/`, everything else in safe_trainable.safetensors."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        (folder / LORA_DIR).mkdir(parents=True, exist_ok=True)
         config = {"architecture": self.arch.to_json(), **(extra_config or {})}
-        atomic_write(folder / TRAINABLE_FILE, lambda p: save_file(self.trainable_state_dict(), str(p)))
+        lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(
+            self.fusion, adapter_name=ADAPTER_NAME).items()}
+        rest = {k: v for k, v in self.trainable_state_dict().items() if ".lora_" not in k}
+        atomic_write(folder / TRAINABLE_FILE, lambda p: save_file(rest, str(p)))
+        atomic_write(folder / LORA_DIR / LORA_FILES[1], lambda p: save_file(lora, str(p), metadata={"format": "pt"}))
+        adapter_config = lora_config(self.arch.lora_rank).to_dict()
+        atomic_write(folder / LORA_DIR / LORA_FILES[0],
+                     lambda p: Path(p).write_text(json.dumps(adapter_config, indent=2, sort_keys=True, default=list)))
         atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2, sort_keys=True)))
         return folder
 
     def load_trainable(self, folder: str | Path) -> None:
-        path = Path(folder) / TRAINABLE_FILE
+        folder = Path(folder)
+        path = folder / TRAINABLE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no trained SAFE weights in {folder} (missing {TRAINABLE_FILE})")
+        for name in LORA_FILES:
+            if not (folder / LORA_DIR / name).is_file():
+                raise FileNotFoundError(f"no fusion LoRA adapter in {folder} (missing {LORA_DIR}/{name})")
         state = load_file(str(path))
         for name, module in self.trainable_modules().items():
             prefix = f"{name}."
             sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            module.load_state_dict(sub, strict=True)
+            missing, unexpected = module.load_state_dict(sub, strict=False)
+            missing = [k for k in missing if ".lora_" not in k]  # from the peft adapter, below
+            if missing or unexpected:
+                raise RuntimeError(f"{path}: {name} weights do not match the architecture "
+                                   f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        lora = load_peft_weights(str(folder / LORA_DIR), device=str(self.projector.token_scale.device))
+        result = set_peft_model_state_dict(self.fusion, lora, adapter_name=ADAPTER_NAME)
+        if getattr(result, "unexpected_keys", None):
+            raise RuntimeError(f"{folder / LORA_DIR}: unexpected LoRA weights {result.unexpected_keys[:5]}")
 
 
 def read_safe_config(folder: str | Path) -> dict:

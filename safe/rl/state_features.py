@@ -1,12 +1,10 @@
 """The policy's state: only what is cheap BEFORE any audio is consumed.
 
-state = [question embedding (D_llm) | unknown-word share | base answer entropy, max-prob | audio rms, peak, duration |
-         has_audio]
+state = [question embedding (D_llm) | base answer entropy, max-prob | audio rms, peak, duration | has_audio]
 
 The base model answers first (budget 0 is the base exactly), so its confidence in that answer comes for free; the
-question embedding is the mean of the base model's input embeddings over the known text tokens (no layer runs), and
-the unknown-word share says how much of the question the tokenizer did not know (a rephrased question: the fused
-model is least predictable there); the audio statistics need no encoder. Deciding from this state never costs an
+question embedding is the mean of the base model's input embeddings over the text tokens (no layer runs); the audio
+statistics need no encoder. Deciding from this state never costs an
 audio-encoder forward.
 """
 
@@ -14,20 +12,17 @@ from __future__ import annotations
 
 import torch
 
-N_QUESTION_EXTRA = 1  # unknown-word share
 N_CONFIDENCE = 2
 N_AUDIO = 4  # rms, peak, duration, has_audio
 
 
 def state_dim(llm_hidden_size: int) -> int:
-    return llm_hidden_size + N_QUESTION_EXTRA + N_CONFIDENCE + N_AUDIO
+    return llm_hidden_size + N_CONFIDENCE + N_AUDIO
 
 
 def question_features(base, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) prompt ids and mask -> (B, D + 1): the base's question embedding and the share of unknown words."""
-    embedding = base.question_embedding(input_ids, attention_mask)  # (B, D)
-    unknown = base.unknown_word_share(input_ids, attention_mask)  # (B,)
-    return torch.cat([embedding.float(), unknown.float().unsqueeze(-1)], dim=-1)
+    """(B, T) prompt ids and mask -> (B, D): the base's question embedding."""
+    return base.question_embedding(input_ids, attention_mask).float()
 
 
 def answer_confidence(first_logits: torch.Tensor) -> torch.Tensor:
@@ -41,7 +36,7 @@ def answer_confidence(first_logits: torch.Tensor) -> torch.Tensor:
 def build_state(
     question: torch.Tensor, first_logits: torch.Tensor, audio_stats: torch.Tensor, has_audio: torch.Tensor,
 ) -> torch.Tensor:
-    """(B, D + 1) `question_features`, (B, V) base first-token logits, (B, 3) audio stats, (B,) bool -> (B, S)."""
+    """(B, D) `question_features`, (B, V) base first-token logits, (B, 3) audio stats, (B,) bool -> (B, S)."""
     B = question.shape[0]
     for name, t in (("first_logits", first_logits), ("audio_stats", audio_stats), ("has_audio", has_audio)):
         if t.shape[0] != B:

@@ -69,7 +69,7 @@ class FisherPenalty:
 
     F is estimated as the mean squared gradient of the VL-only new-task loss over a few batches (a batch-level
     empirical Fisher: cheap, and enough to tell which adapter weights the VL answers are sensitive to).
-    The anchor theta0 is the parameters' value when the penalty is built (the start of Stage A).
+    The anchor theta0 is the parameters' value when the penalty is built.
     """
 
     def __init__(self, params: dict[str, nn.Parameter], fisher: dict[str, torch.Tensor]):
@@ -102,6 +102,10 @@ class FisherPenalty:
             fisher = {k: v / n for k, v in fisher.items()}
         # Raw (unnormalised) Fisher: parameters the VL answers do not depend on stay free to learn the audio task.
         return cls(params, fisher)
+
+    def coverage(self) -> float:
+        """Share of the parameter tensors with at least one non-zero Fisher entry (what the penalty can see)."""
+        return sum(bool(torch.any(f != 0)) for f in self.fisher.values()) / max(len(self.fisher), 1)
 
     def __call__(self) -> torch.Tensor:
         device = next(iter(self.params.values())).device

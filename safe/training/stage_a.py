@@ -2,11 +2,14 @@
 
 Loss = CE(answer | audio-dependent rows) + kl_weight * KL(base || SAFE | VL-only rows)
        + gate_weight * BCE(fusion gates, needs_audio | rows with a clip) + fisher_weight * EWC.
-VL-only rows get a distractor clip most of the time, so the adapter learns to leave their answers alone: the gate
-(read from the question) learns to close for them, and the KL keeps what still passes from changing the answer.
-Every `eval_every` steps the VL-only validation accuracy is compared with the frozen base (the retention check).
-When the drop exceeds `retention_tolerance` the trainer raises the KL weight and rolls back to the best checkpoint;
-the checkpoint it returns as final always satisfies the tolerance (step 0, which IS the base model, always does).
+VL-only rows get a clip they do not need most of the time (another example's, or silence), so the adapter learns to
+leave their answers alone: the gate (read from the question) learns to close for them, and the KL keeps what still
+passes from changing the answer. Every `eval_every` steps the retention check answers the validation set with a clip
+fused at the largest budget for every VL-only question (its own clip, else a distractor) and compares with the frozen
+base. When the accuracy drop exceeds `retention_tolerance` (or the share of changed VL answers exceeds
+`retention_flip_tolerance`) the trainer raises the KL weight and rolls back to the best checkpoint; the checkpoint
+it returns as final always satisfies the tolerances (step 0, which IS the base model, always does). After each check
+the diagonal Fisher is re-estimated at the parameters training continues from (see `FisherPenalty`).
 
 Multi-process (accelerate DDP): each process gets a share of every global batch (`ShardedBatchSampler`) and of the
 validation set. Losses are sums divided by the GLOBAL token counts, every row's audio plan depends only on its record
@@ -30,7 +33,6 @@ from safe.data.datasets import Batch
 from safe.distributed import all_gather_objects, all_reduce_sum, make_accelerator
 from safe.eval.metrics import score
 from safe.models.safe_model import SAFEModel
-from safe.training.augment import unknown_word_batches
 from safe.training.losses import FisherPenalty, answer_loss, answer_positions, gate_loss, retention_kl
 
 CHECKPOINT_FILE = "stage_a_last.pt"
@@ -57,8 +59,9 @@ class StageATrainer:
     `accelerator` (safe.distributed.make_accelerator) carries DDP, mixed precision and gradient accumulation; under
     several processes pass each process its share: `ShardedBatchSampler` for training and a sharded validation set.
     `distractor_pool` (N, D): audio features VL-only rows may get as distractors; default: every cached feature of
-    the training dataset. The projector's input standardisation is fitted on the training dataset's cached features
-    (else on the distractor pool) unless it already is.
+    the training dataset. `silent_pool` (S, D): encoder features of silent clips (a `silent_share` of those
+    misroutings); none: distractors only. The projector's input standardisation is fitted on the training dataset's
+    cached features (else on the distractor pool) unless it already is.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class StageATrainer:
         config: StageAConfig | dict, logger=None, checkpoint_dir: str | Path | None = None,
         callbacks: list[Callable[["StageATrainer", int], None]] | None = None, progress: bool = True,
         max_new_tokens: int = 4, accelerator=None, distractor_pool: torch.Tensor | None = None,
+        silent_pool: torch.Tensor | None = None,
     ):
         self.model = safe_model
         self.train_loader = train_dataloader
@@ -81,24 +85,28 @@ class StageATrainer:
         self.is_main = self.accelerator.is_main_process
         train_features = _feature_pool(train_dataloader)  # (N, D_audio), empty without a feature store
         self.distractor_pool = distractor_pool if distractor_pool is not None else train_features
+        self.silent_pool = silent_pool if silent_pool is not None else torch.zeros(0, self.distractor_pool.shape[-1])
         stats_source = train_features if len(train_features) >= 2 else self.distractor_pool
         if not safe_model.projector.feature_stats_fitted and len(stats_source) >= 2:
             safe_model.projector.fit_feature_stats(stats_source)  # before DDP copies the buffers
+        trainable = safe_model.trainable_parameters()
         for p in safe_model.parameters():
             p.requires_grad_(False)
-        for module in safe_model.trainable_modules().values():
-            for p in module.parameters():
-                p.requires_grad_(True)
-        self.params = {n: p for n, p in safe_model.named_parameters() if p.requires_grad}
+        for p in trainable.values():
+            p.requires_grad_(True)
+        self.params = trainable
         optimizer = torch.optim.AdamW([
-            {"params": list(safe_model.projector.parameters()), "lr": self.config.learning_rate_projector},
-            {"params": list(safe_model.fusion.parameters()), "lr": self.config.learning_rate_adapter},
+            {"params": [p for n, p in trainable.items() if n.startswith("projector.")],
+             "lr": self.config.learning_rate_projector},
+            {"params": [p for n, p in trainable.items() if n.startswith("fusion.")],
+             "lr": self.config.learning_rate_adapter},
         ], weight_decay=0.0)
         # DDP wraps the whole SAFE model (its forward runs the frozen base through the fusion hooks); only the
         # trainable parts have gradients to all-reduce. `self.model` stays the plain module for generation.
         self.train_model, self.optimizer = self.accelerator.prepare(safe_model, optimizer)
         self.state = StageAState(kl_weight=self.config.kl_weight)
         self.fisher: FisherPenalty | None = None
+        self._fisher_batches: list[Batch] | None = None
         self._base_val: dict[str, str] | None = None
         self.nonzero_budgets = [b for b in safe_model.token_budgets if b > 0]
 
@@ -107,18 +115,20 @@ class StageATrainer:
         """A row's own random stream: the same whichever process, batch position or batch share holds the row."""
         return np.random.default_rng([self.config.seed, batch_index & 0xFFFFFFFF, zlib.crc32(record_id.encode())])
 
-    def _audio_plan(self, batch: Batch, batch_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _audio_plan(self, batch: Batch, batch_index: int, every_vl_row: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row audio features (B, D) and budgets (B,): own audio where present; for a VL-only row without
-        audio, with probability distractor_prob a distractor clip from the pool; a random non-zero budget for every
-        row with audio."""
+        audio, with probability distractor_prob (always with `every_vl_row`) a clip it does not need: silence for
+        a silent_share of them, else another example's clip; a random non-zero budget for every row with audio."""
         feats = batch.audio_features.clone()
         budgets = torch.zeros(len(batch.records), dtype=torch.long)
         for i, record in enumerate(batch.records):
             rng = self._row_rng(batch_index, record.id)
             has = bool(batch.has_audio[i])
             if not has and not record.needs_audio and len(self.distractor_pool):
-                if rng.random() < self.config.distractor_prob:
-                    feats[i] = self.distractor_pool[int(rng.integers(len(self.distractor_pool)))]
+                if every_vl_row or rng.random() < self.config.distractor_prob:
+                    silent = len(self.silent_pool) and rng.random() < self.config.silent_share
+                    pool = self.silent_pool if silent else self.distractor_pool
+                    feats[i] = pool[int(rng.integers(len(pool)))]
                     has = True
             if has:
                 budgets[i] = self.nonzero_budgets[int(rng.integers(len(self.nonzero_budgets)))]
@@ -164,22 +174,37 @@ class StageATrainer:
         return penalty.detach()
 
     def _vl_loss(self, batch: Batch) -> torch.Tensor:
-        """New-task loss on VL-only rows with distractor audio at the largest budget (for the Fisher estimate);
+        """New-task loss on VL-only rows, every one carrying a clip at the largest budget (for the Fisher estimate);
         this share's sum over the global token count (the gradients are then summed over processes)."""
         batch = batch.to(self.accelerator.device)
-        feats, budgets = self._audio_plan(batch, batch_index=-1)
+        feats, budgets = self._audio_plan(batch, batch_index=-1, every_vl_row=True)
         budgets = torch.where(budgets > 0, torch.full_like(budgets, max(self.nonzero_budgets)), budgets)
         logits = self.model(batch.vl, budgets, audio_features=feats)
         labels = batch.vl.labels.masked_fill(batch.needs_audio.unsqueeze(1), -100)
         return answer_loss(logits, labels, self._global_count(answer_positions(labels)))
 
     # -- evaluation ------------------------------------------------------------------------------------------------
+    def _validation_audio(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D) features and (B,) budgets of the retention check: the largest budget for every row with a clip and
+        every VL-only row, which gets a distractor from the pool when it has no clip (the same one in every check)."""
+        K = max(self.nonzero_budgets)
+        feats = batch.audio_features.clone()
+        budgets = batch.has_audio.long() * K
+        if not len(self.distractor_pool):
+            return feats, budgets
+        for i, record in enumerate(batch.records):
+            if not record.needs_audio and not bool(batch.has_audio[i]):
+                pick = zlib.crc32(record.id.encode()) % len(self.distractor_pool)
+                feats[i] = self.distractor_pool[pick].to(feats.device)
+                budgets[i] = K
+        return feats, budgets
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation accuracy of base and SAFE at the largest budget, every example with the audio it comes with
-        (VL-only questions that carry an unrelated clip get it fused: the retention check's hard case).
-        Each process predicts its share of the validation set; the metrics come from everyone's predictions."""
-        K = max(self.nonzero_budgets)
+        """Validation accuracy of base and SAFE at the largest budget, every VL-only question with a clip fused (its
+        own, else a distractor: the retention check's hard case, a misrouted question) and every audio question with
+        its clip. Each process predicts its share of the validation set; the metrics come from everyone's
+        predictions."""
         base_preds: list[tuple[str, str]] = []
         rows = []
         for batch in self.val_loader:
@@ -187,34 +212,13 @@ class StageATrainer:
             if self._base_val is None:
                 base_preds.extend(zip([r.id for r in batch.records], self.model.generate_answers(
                     batch.vl, 0, max_new_tokens=self.max_new_tokens)))
-            budgets = batch.has_audio.long() * K
-            preds = self.model.generate_answers(batch.vl, budgets, audio_features=batch.audio_features,
+            feats, budgets = self._validation_audio(batch)
+            preds = self.model.generate_answers(batch.vl, budgets, audio_features=feats,
                                                 max_new_tokens=self.max_new_tokens)
             rows.extend(zip(batch.records, preds))
         if self._base_val is None:
             self._base_val = dict(all_gather_objects(base_preds))
         return _val_metrics(all_gather_objects(rows), self._base_val)
-
-    @torch.no_grad()
-    def unknown_word_flip_rate(self, rate: float, seed: int = 0) -> float:
-        """Share of the VL-only validation questions carrying a clip whose answer changes with the adapter forced on
-        (largest budget) once `rate` of their words are `<unk>`: how the adapter treats questions with words the
-        tokenizer never saw (the test split's held-out phrasings), measured on validation. nan without `<unk>`."""
-        if self.model.base.tokenizer.unk_token_id is None:
-            return float("nan")
-        K = max(self.nonzero_budgets)
-        flips: list[bool] = []
-        batches = (b.to(self.accelerator.device) for b in self.val_loader)
-        for batch in unknown_word_batches(batches, self.model.base, rate, seed):
-            rows = [i for i, r in enumerate(batch.records) if bool(batch.has_audio[i]) and not r.needs_audio]
-            if not rows:
-                continue
-            base = self.model.generate_answers(batch.vl, 0, max_new_tokens=self.max_new_tokens)
-            fused = self.model.generate_answers(batch.vl, batch.has_audio.long() * K,
-                                                audio_features=batch.audio_features, max_new_tokens=self.max_new_tokens)
-            flips.extend(base[i] != fused[i] for i in rows)
-        flips = all_gather_objects(flips)
-        return sum(flips) / max(len(flips), 1)
 
     # -- checkpoints -------------------------------------------------------------------------------------------------
     def _trainable_state(self) -> dict:
@@ -260,7 +264,8 @@ class StageATrainer:
     def _check_retention(self, step: int) -> None:
         metrics = self.evaluate()
         metrics["kl_weight"] = self.state.kl_weight
-        broken = metrics["retention_drop"] > self.config.retention_tolerance
+        broken = (metrics["retention_drop"] > self.config.retention_tolerance
+                  or metrics["vl_flip_rate"] > self.config.retention_flip_tolerance)
         if broken:
             # React: stronger retention pressure, and back to the best checkpoint that kept the tolerance.
             self.state.kl_weight *= self.config.kl_weight_growth
@@ -274,7 +279,23 @@ class StageATrainer:
             self.state.best_step = step
             self.state.best_state = self._trainable_state()
         metrics["retention_ok"] = float(not broken)
+        if step > 0:  # the LoRA starts at zero: at step 0 only one tensor has gradient, so no Fisher yet
+            self._refresh_fisher()
+            metrics["fisher_coverage"] = self.fisher_coverage
         self._record(metrics, step)
+
+    def _refresh_fisher(self) -> None:
+        """Diagonal Fisher of the VL-only loss (every VL row carrying a clip) at the current parameters, which become
+        the anchor: the state training continues from, the last one that kept retention."""
+        self.fisher = FisherPenalty.estimate(self.params, self._vl_loss, self._fisher_batches or [],
+                                             reduce_grad=all_reduce_sum)
+
+    @property
+    def fisher_coverage(self) -> float:
+        """Share of trainable tensors with a non-zero Fisher entry (nan before the first estimate)."""
+        if self.fisher is None:
+            return float("nan")
+        return self.fisher.coverage()
 
     def _batches(self) -> Iterator[Batch]:
         """Training batches from where the run stands (optimizer step x accumulation)."""
@@ -298,9 +319,8 @@ class StageATrainer:
     def train(self) -> StageAState:
         cfg = self.config
         accumulation = self.accelerator.gradient_accumulation_steps
-        if self.state.step == 0 and self.fisher is None:
-            fisher_batches = [b for _, b in zip(range(cfg.fisher_batches), iter(self.val_loader_for_fisher()))]
-            self.fisher = FisherPenalty.estimate(self.params, self._vl_loss, fisher_batches, reduce_grad=all_reduce_sum)
+        self._fisher_batches = self._first_batches(cfg.fisher_batches)
+        if self.state.step == 0 and not self.state.history:
             self._check_retention(step=0)  # the base model itself: the first valid checkpoint
             self.save_checkpoint()
         bar = tqdm(total=cfg.steps, initial=self.state.step, desc="stage_a", unit="step",
@@ -340,9 +360,12 @@ class StageATrainer:
         self._load_trainable(self.state.best_state)  # final = best checkpoint within the tolerance
         return self.state
 
-    def val_loader_for_fisher(self) -> Iterable[Batch]:
-        """Training batches (with answers) for the Fisher estimate; uses the train loader's first batches."""
-        return self.train_loader
+    def _first_batches(self, n: int) -> list[Batch]:
+        """The first `n` training batches of the run (with answers), whatever step it resumes from: the Fisher's."""
+        sampler = getattr(self.train_loader, "batch_sampler", None)
+        if hasattr(sampler, "set_start"):
+            sampler.set_start(0)
+        return [b for _, b in zip(range(n), iter(self.train_loader))]
 
 
 def _feature_pool(loader: Iterable[Batch]) -> torch.Tensor:

@@ -176,6 +176,8 @@ def _garbage(path: Path) -> None:
     ("safe_trainable.safetensors", Path.unlink, "missing"),
     ("safe_trainable.safetensors", _truncate, "truncated"),
     ("safe_trainable.safetensors", _garbage, "not a safetensors file"),
+    ("fusion_lora/adapter_config.json", _break_json, "invalid JSON"),
+    ("fusion_lora/adapter_model.safetensors", Path.unlink, "missing"),
     ("gate/config.json", _break_json, "invalid JSON"),
     ("gate/model.safetensors", _truncate, "truncated"),
     ("base_vl/config.json", _break_json, "invalid JSON"),

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from safe.config import build_config
-from safe.models.base_vl import BaseVLModel, build_llava, build_processor, build_word_tokenizer
+from safe.models.base_vl import BaseVLModel, build_llava, build_processor, build_subword_tokenizer
 from safe.models.safe_model import SAFEArchitecture, SAFEModel
 from safe.training.losses import answer_loss, answer_positions
 
@@ -18,7 +18,7 @@ TEXTS = ["what color is the circle ?", "how many beeps do you hear ?", "red blue
 
 def _safe_model(checkpointing: bool) -> tuple[SAFEModel, object]:
     cfg = build_config({"profile": "tiny", "model": {"text_layers": 3, "fusion_layers": [0, 2]}}).model
-    tokenizer = build_word_tokenizer(TEXTS)
+    tokenizer = build_subword_tokenizer(TEXTS)
     torch.manual_seed(0)
     base = BaseVLModel(build_llava(cfg, tokenizer, 32), build_processor(tokenizer, 32, 8))
     if checkpointing:
@@ -26,8 +26,9 @@ def _safe_model(checkpointing: bool) -> tuple[SAFEModel, object]:
     torch.manual_seed(1)
     model = SAFEModel(base, SAFEArchitecture(audio_embed_dim=8, fusion_layers=(0, 2), projector_hidden=16))
     with torch.no_grad():
-        for block in model.fusion.values():
-            block.o_proj.lora_B.weight.normal_(std=0.5)
+        for block in model.fusion.values():  # every lora_B away from 0, so every LoRA weight gets a gradient
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                getattr(block, name).lora_B["default"].weight.normal_(std=0.5)
     images = [Image.new("RGB", (32, 32), (255, 0, 0)), Image.new("RGB", (32, 32), (0, 0, 255))]
     batch = base.encode(["what color is the circle ?", "how many beeps do you hear ?"], images, answers=["red", "two"])
     return model, batch

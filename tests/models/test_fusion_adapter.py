@@ -13,7 +13,7 @@ def test_fresh_block_returns_input_unchanged():
 def trained_block():
     block = CrossAttentionBlock(32, 4)
     with torch.no_grad():
-        block.o_proj.lora_B.weight.normal_()
+        block.o_proj.lora_B["default"].weight.normal_()
     return block
 
 
@@ -51,3 +51,32 @@ def test_shape_errors():
         block(torch.randn(2, 5, 32), torch.randn(3, 4, 32))
     with pytest.raises(ValueError, match="divisible"):
         CrossAttentionBlock(30, 4)
+
+
+def test_attention_projections_are_frozen_linears_with_peft_lora():
+    from peft.tuners.lora import Linear as LoraLinear
+
+    block = CrossAttentionBlock(32, 4, rank=4)
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        layer = getattr(block, name)
+        assert isinstance(layer, LoraLinear)
+        assert not layer.base_layer.weight.requires_grad
+        assert layer.lora_A["default"].weight.requires_grad and layer.lora_B["default"].weight.requires_grad
+        assert torch.count_nonzero(layer.lora_B["default"].weight) == 0  # peft's init: the update starts at 0
+    assert torch.count_nonzero(block.o_proj.base_layer.weight) == 0  # frozen zero output: identity at init
+    trainable = {n for n, p in block.named_parameters() if p.requires_grad}
+    assert "gate_logit" in trainable and "query_norm.weight" in trainable
+    assert not any("base_layer" in n for n in trainable)
+
+
+def test_host_initialisation_copies_the_decoder_attention_and_names_a_shape_mismatch():
+    host = torch.nn.Module()
+    for name in ("q_proj", "k_proj", "v_proj"):
+        setattr(host, name, torch.nn.Linear(32, 32, bias=False))
+    block = CrossAttentionBlock(32, 4, init_from=host)
+    assert torch.equal(block.k_proj.base_layer.weight, host.k_proj.weight)
+    h, a = torch.randn(2, 5, 32), torch.randn(2, 4, 32)
+    assert torch.equal(block(h, a), h)  # still the identity
+    host.k_proj = torch.nn.Linear(32, 8, bias=False)  # grouped-query attention: k/v narrower than the hidden size
+    with pytest.raises(ValueError, match="k_proj.*fusion_init: random"):
+        CrossAttentionBlock(32, 4, init_from=host)

@@ -43,7 +43,7 @@ def test_llava_profile_path_on_tiny_checkpoints(tiny_base, tmp_path):
     waves = [np.sin(np.linspace(0, 400, 16000)).astype(np.float32)] * 2  # 16 kHz in; CLAP resamples to 48 kHz
     with torch.no_grad():
         for block in model.fusion.values():
-            block.o_proj.lora_B.weight.normal_()
+            block.o_proj.lora_B["default"].weight.normal_()
         logits = model(batch, [0, 12], waveforms=waves)
         reference = base(batch)
     assert logits.dtype == torch.bfloat16

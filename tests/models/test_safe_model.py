@@ -32,7 +32,7 @@ def model(tiny_base):
 def perturb(model):
     with torch.no_grad():
         for block in model.fusion.values():
-            block.o_proj.lora_B.weight.normal_(std=0.5)
+            block.o_proj.lora_B["default"].weight.normal_(std=0.5)
 
 
 def test_at_init_and_budget_zero_logits_equal_base(model, tiny_batch):
@@ -89,6 +89,43 @@ def test_save_load_round_trip(model, tiny_base, tiny_batch, tmp_path):
     assert torch.equal(other(tiny_batch, [4, 8, 12], audio_features=feats), before)
     with pytest.raises(FileNotFoundError, match="safe_trainable"):
         other.load_trainable(tmp_path)
+
+
+def test_fusion_lora_is_a_peft_adapter_that_peft_loads_back(model, tiny_base, tiny_batch, tmp_path):
+    from peft import LoraConfig, load_peft_weights, set_peft_model_state_dict
+
+    perturb(model)
+    feats = torch.randn(3, 16)
+    before = model(tiny_batch, [4, 8, 12], audio_features=feats)
+    model.save_trainable(tmp_path / "m")
+    config = LoraConfig.from_pretrained(str(tmp_path / "m" / "fusion_lora"))
+    assert config.r == model.arch.lora_rank and set(config.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    weights = load_peft_weights(str(tmp_path / "m" / "fusion_lora"))
+    assert weights and all(".lora_" in k for k in weights)
+    # A fresh model with the non-LoRA parts of the bundle: its output differs until peft loads the adapter.
+    other = SAFEModel(tiny_base, model.arch)
+    from safetensors.torch import load_file
+
+    rest = load_file(str(tmp_path / "m" / "safe_trainable.safetensors"))
+    assert not any(".lora_" in k for k in rest)
+    other.projector.load_state_dict({k[10:]: v for k, v in rest.items() if k.startswith("projector.")})
+    other.fusion.load_state_dict({k[7:]: v for k, v in rest.items() if k.startswith("fusion.")}, strict=False)
+    assert not torch.equal(other(tiny_batch, [4, 8, 12], audio_features=feats), before)
+    set_peft_model_state_dict(other.fusion, weights)
+    assert torch.equal(other(tiny_batch, [4, 8, 12], audio_features=feats), before)
+    (tmp_path / "m" / "fusion_lora" / "adapter_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="fusion_lora/adapter_model.safetensors"):
+        other.load_trainable(tmp_path / "m")
+
+
+def test_host_initialised_fusion_is_the_identity_at_init(tiny_base, tiny_batch):
+    arch = SAFEArchitecture(audio_embed_dim=16, projector_hidden=32, fusion_init="host")
+    model = SAFEModel(tiny_base, arch)
+    host = tiny_base.decoder_layers[-1].self_attn
+    block = next(iter(model.fusion.values()))
+    assert torch.equal(block.q_proj.base_layer.weight, host.q_proj.weight.float())
+    feats = torch.randn(3, 16)
+    assert torch.equal(model(tiny_batch, [4, 8, 12], audio_features=feats), model(tiny_batch, 0))
 
 
 def test_generation_uses_audio_only_where_budgeted(model, tiny_batch):

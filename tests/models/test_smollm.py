@@ -148,10 +148,10 @@ def test_lm_fully_trainable_when_asked(tiny_lm_dir):
     assert all(p.requires_grad for p in llava.parameters())
 
 
-def test_without_language_model_builds_the_small_word_level_llava():
+def test_without_language_model_builds_the_small_llava_with_its_own_subword_vocabulary():
     llava, processor = build_trainable_vl(_model_cfg(None), ["what color is the circle ?", "red"], image_size=32)
     assert prompt_format_for(processor.tokenizer) is LLAVA_15
-    assert "circle" in processor.tokenizer.get_vocab()
+    assert "\u0120circle" in processor.tokenizer.get_vocab() and processor.tokenizer.unk_token_id is None
     assert all(p.requires_grad for p in llava.parameters())
 
 

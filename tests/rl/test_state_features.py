@@ -11,8 +11,7 @@ from safe.rl.state_features import build_state, question_features, state_dim
 def test_state_layout_and_size(tiny_base):
     batch = tiny_base.encode(["how many shapes are there?", "how many zzzz are there?"], [None, None])
     q = question_features(tiny_base, batch.input_ids, batch.attention_mask)
-    assert q.shape == (2, tiny_base.hidden_size + 1)
-    assert q[0, -1] == 0.0 and q[1, -1] > 0.0  # the unknown-word share
+    assert q.shape == (2, tiny_base.hidden_size)
     logits = torch.zeros(2, 10)
     logits[0, 3] = 20.0  # row 0: a sure answer
     stats = torch.tensor([[0.5, 0.9, 2.0], [0.5, 0.9, 2.0]])

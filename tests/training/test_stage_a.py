@@ -32,7 +32,7 @@ def test_rollback_fires_on_a_planted_regression(trained_base, bench):
         if step == 3:
             with torch.no_grad():
                 for block in trainer.model.fusion.values():
-                    block.o_proj.lora_B.weight.normal_(std=50.0)
+                    block.o_proj.lora_B["default"].weight.normal_(std=50.0)
                     block.gate_logit.fill_(10.0)
 
     trainer = make_trainer(trained_base, bench, steps=5, callbacks=[plant], retention_tolerance=0.0)
@@ -92,18 +92,49 @@ def test_gate_loss_opens_the_gate_for_audio_questions_only(trained_base, bench):
                 _, gates = trainer.model(batch.vl, 12, audio_features=batch.audio_features, return_gates=True)
             seen.update(gates=gates, needs=batch.needs_audio)
 
-    make_trainer(trained_base, bench, steps=20, callbacks=[read_gates], gate_weight=5.0, kl_weight=0.0,
+    make_trainer(trained_base, bench, steps=40, callbacks=[read_gates], gate_weight=5.0, kl_weight=0.0,
                  learning_rate_adapter=3e-2).train()
     gates, needs = seen["gates"], seen["needs"]
     assert needs.any() and (~needs).any()
     assert float(gates[needs].mean()) > float(gates[~needs].mean()) + 0.05  # without the gate loss: -0.015
 
 
-def test_unknown_word_flip_rate_is_zero_for_the_base_and_sees_a_wrecked_adapter(trained_base, bench):
+def test_fisher_sees_the_whole_adapter_after_warm_up_and_not_at_step_0(trained_base, bench):
+    """The real fusion block + projector: at step 0 the zero lora_B leaves one tensor per block with gradient, so
+    the Fisher is first estimated after training started; then (nearly) every trainable tensor has an entry."""
+    trainer = make_trainer(trained_base, bench, steps=10)
+    trainer._fisher_batches = trainer._first_batches(1)
+    trainer._refresh_fisher()  # what a step-0 estimate would see
+    at_init = trainer.fisher_coverage
+    assert at_init <= 0.25, at_init  # o_proj.lora_B of the block, and the projector never reached
+    state = trainer.train()
+    assert trainer.fisher_coverage >= 0.9, trainer.fisher_coverage
+    assert all("fisher_coverage" in h for h in state.history if h["step"] > 0 and "retention_drop" in h)
+    assert "fisher_coverage" not in state.history[0]
+
+
+def test_retention_check_fuses_a_clip_into_every_vl_question(trained_base, bench):
     trainer = make_trainer(trained_base, bench, steps=1)
-    assert trainer.unknown_word_flip_rate(0.3) == 0.0  # the adapter starts as the identity: nothing can change
-    with torch.no_grad():
-        for block in trainer.model.fusion.values():
-            block.o_proj.lora_B.weight.normal_(std=50.0)
-            block.gate_logit.fill_(10.0)
-    assert trainer.unknown_word_flip_rate(0.3) > 0.5
+    batch = next(iter(trainer.val_loader))
+    feats, budgets = trainer._validation_audio(batch)
+    vl = torch.tensor([not r.needs_audio for r in batch.records])
+    assert bool((budgets[vl] == 12).all())
+    assert torch.equal(trainer._validation_audio(batch)[0], feats)  # the same distractor in every check
+    with_clip = batch.has_audio
+    assert torch.equal(feats[with_clip], batch.audio_features[with_clip])  # own clips are kept
+
+
+def test_a_flip_tolerance_rolls_back_like_a_retention_break(trained_base, bench):
+    def wreck(trainer, step):
+        if step == 3:
+            with torch.no_grad():
+                for block in trainer.model.fusion.values():
+                    block.o_proj.lora_B["default"].weight.normal_(std=50.0)
+                    block.gate_logit.fill_(10.0)
+                    block.gate_proj.weight.zero_()
+
+    state = make_trainer(trained_base, bench, steps=5, callbacks=[wreck], retention_tolerance=1.0,
+                         retention_flip_tolerance=0.05).train()
+    check = next(h for h in state.history if h["step"] == 5)
+    assert check["vl_flip_rate"] > 0.05 and check.get("rollback") == 1.0
+
