@@ -339,6 +339,7 @@ class PromoteConfig:
     skip_rate_min: float = Thresholds.skip_rate_min
     skip_rate_max: float = Thresholds.skip_rate_max
     max_irrelevant_flip_rate: float = Thresholds.max_irrelevant_flip_rate
+    max_forced_flip_rate: float = Thresholds.max_forced_flip_rate
     model_name: str = "safe-audio-vl"
 
     def __post_init__(self) -> None:
@@ -421,7 +422,7 @@ RANGES: dict[str, _Rule] = {
     "evaluate.bootstrap": _COUNT, "evaluate.latency_examples": _COUNT, "evaluate.max_new_tokens": _COUNT,
     "evaluate.batch_size": _COUNT, "evaluate.seed": _NONNEG_INT,
     "promote.max_retention_drop": _SHARE, "promote.min_audio_gain": _between(-1, 1), "promote.skip_rate_min": _SHARE,
-    "promote.skip_rate_max": _SHARE, "promote.max_irrelevant_flip_rate": _SHARE,
+    "promote.skip_rate_max": _SHARE, "promote.max_irrelevant_flip_rate": _SHARE, "promote.max_forced_flip_rate": _SHARE,
 }
 _UNCHECKED = {"accelerate.mixed_precision"}  # parsed by AccelerateConfig itself (YAML reads a bare `no` as false)
 _NUMBER_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")

@@ -16,8 +16,9 @@ from safe import tracking
 from safe.eval.criteria import CRITERIA, Thresholds
 
 GOOD = {"retention_drop": 0.002, "audio_gain": 0.10, "skip_rate": 0.55, "irrelevant_flip_rate": 0.0,
-        "vl_acc_base": 0.8, "vl_acc_safe": 0.798, "n_test": 200}
-BAD = {"retention_drop": 0.02, "audio_gain": 0.01, "skip_rate": 0.9, "irrelevant_flip_rate": 0.05}
+        "forced_flip_rate": 0.01, "vl_acc_base": 0.8, "vl_acc_safe": 0.798, "n_test": 200}
+BAD = {"retention_drop": 0.02, "audio_gain": 0.01, "skip_rate": 0.9, "irrelevant_flip_rate": 0.05,
+       "forced_flip_rate": 0.3}
 
 
 @pytest.fixture(scope="session")

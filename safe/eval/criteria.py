@@ -4,7 +4,12 @@ Rules shared by every criterion:
   - a value exactly at its threshold passes (the bounds are inclusive). Differences of accuracies carry float
     rounding (0.805 - 0.8 = 0.0050000000000000044), so comparisons allow FLOAT_TOL; accuracies are multiples of at
     least 1/(30 n), so no real difference is absorbed while n_test < ~3e7;
-  - NaN (or a missing / non-numeric value) fails: a criterion that could not be measured is not met.
+  - NaN (or a missing / non-numeric value) fails: a criterion that could not be measured is not met;
+  - the gate reads each criterion's one-sided 95% confidence bound on the side that matters (the upper bound of a
+    drop or a flip rate, the lower bound of a gain) whenever metrics.json carries it, so a model passes when the
+    test split shows the criterion holds, not when one lucky sample does. The skip-rate band, a design target rather
+    than a risk, reads the value. Metrics without bounds (another tool's file) are gated on their values, and each
+    criterion records what it was gated on.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ FLOAT_TOL = 1e-9
 NOT_WORSE_EPS = 1e-3
 """Allowed slack (0.1 percentage point) when comparing a candidate with the champion (see `is_not_worse`)."""
 
-CRITERIA = ("retention_drop", "audio_gain", "skip_rate", "irrelevant_flip_rate")
+CRITERIA = ("retention_drop", "audio_gain", "skip_rate", "irrelevant_flip_rate", "forced_flip_rate")
 BOUND_AND_N = {"retention_drop": ("retention_drop_upper", "n_vl"), "audio_gain": ("audio_gain_lower", "n_audio"),
-               "skip_rate": (None, "n_with_audio"), "irrelevant_flip_rate": ("irrelevant_flip_rate_upper", "n_irrelevant")}
+               "skip_rate": (None, "n_with_audio"), "irrelevant_flip_rate": ("irrelevant_flip_rate_upper", "n_irrelevant"),
+               "forced_flip_rate": ("forced_flip_rate_upper", "n_vl")}
 """Per criterion: the metrics.json key of its 95% bound on the side that matters (none for the skip-rate band,
 which is a design target, not a risk), and of the sample size behind it."""
 
@@ -37,6 +43,9 @@ class Thresholds:
     """Share of test examples where the gate skips audio: in [skip_rate_min, skip_rate_max]."""
     max_irrelevant_flip_rate: float = 0.01
     """Share of VL-only questions with unrelated audio whose answer changes vs the base model: at most 1%."""
+    max_forced_flip_rate: float = 0.02
+    """Share of VL-only answers that change when the budget is forced to the largest with a wrong clip (distractor,
+    silence, another example's; the worst of the three): the adapter's own robustness to a misrouted question."""
 
     @classmethod
     def from_config(cls, promote: Any) -> "Thresholds":
@@ -71,31 +80,35 @@ def _at_least(value: float, limit: float) -> bool:
 
 
 def evaluate_criteria(metrics: Mapping[str, Any], thresholds: Thresholds = Thresholds()) -> dict[str, dict[str, Any]]:
-    """{name: {value, bound, n, threshold, passed}} for retention_drop, audio_gain, skip_rate, irrelevant_flip_rate.
+    """{name: {value, bound, n, threshold, gated_on, passed}} for every name in CRITERIA.
 
-    `threshold` is a number, or [min, max] for skip_rate. Raises KeyError naming the metric when one is absent
-    (a metrics file from another schema is a bug to surface, not a failed criterion).
+    `threshold` is a number, or [min, max] for skip_rate; `gated_on` is "bound" or "value" (see the module
+    docstring). Raises KeyError naming the metric when a value is absent (a metrics file from another schema is a
+    bug to surface, not a failed criterion).
     """
     missing = [k for k in CRITERIA if k not in metrics]
     if missing:
         raise KeyError(f"metrics lack {missing} needed by the success criteria; have {sorted(metrics)}")
     t = thresholds
-    v = {k: _number(metrics[k]) for k in CRITERIA}
-    criteria = {
-        "retention_drop": {"value": v["retention_drop"], "threshold": t.max_retention_drop,
-                           "passed": _at_most(v["retention_drop"], t.max_retention_drop)},
-        "audio_gain": {"value": v["audio_gain"], "threshold": t.min_audio_gain,
-                       "passed": _at_least(v["audio_gain"], t.min_audio_gain)},
-        "skip_rate": {"value": v["skip_rate"], "threshold": [t.skip_rate_min, t.skip_rate_max],
-                      "passed": _at_least(v["skip_rate"], t.skip_rate_min)
-                      and _at_most(v["skip_rate"], t.skip_rate_max)},
-        "irrelevant_flip_rate": {"value": v["irrelevant_flip_rate"], "threshold": t.max_irrelevant_flip_rate,
-                                 "passed": _at_most(v["irrelevant_flip_rate"], t.max_irrelevant_flip_rate)},
-    }
-    for name, entry in criteria.items():  # reported beside the value; the gate still reads the value (see README)
+    limits = {"retention_drop": (_at_most, t.max_retention_drop), "audio_gain": (_at_least, t.min_audio_gain),
+              "irrelevant_flip_rate": (_at_most, t.max_irrelevant_flip_rate),
+              "forced_flip_rate": (_at_most, t.max_forced_flip_rate)}
+    criteria = {}
+    for name in CRITERIA:
         bound_key, n_key = BOUND_AND_N[name]
-        entry["bound"] = _number(metrics[bound_key]) if bound_key in metrics else None
-        entry["n"] = int(metrics[n_key]) if isinstance(metrics.get(n_key), (int, float)) else None
+        value = _number(metrics[name])
+        bound = _number(metrics[bound_key]) if bound_key and bound_key in metrics else None
+        gated = value if bound is None else bound
+        if name == "skip_rate":
+            threshold = [t.skip_rate_min, t.skip_rate_max]
+            passed = _at_least(value, t.skip_rate_min) and _at_most(value, t.skip_rate_max)
+        else:
+            check, threshold = limits[name]
+            passed = check(gated, threshold)
+        criteria[name] = {"value": value, "bound": bound,
+                          "n": int(metrics[n_key]) if isinstance(metrics.get(n_key), (int, float)) else None,
+                          "threshold": threshold, "gated_on": "value" if bound is None else "bound",
+                          "passed": passed}
     return criteria
 
 
@@ -105,7 +118,8 @@ PASS, FAIL, NOT_COMPUTED = "pass", "fail", "not_computed"
 def criterion_status(criterion: Mapping[str, Any]) -> str:
     """"pass", "fail", or "not_computed" when its value could not be measured (NaN / missing: no rows of the kind
     it needs). Promotion still requires "pass" (`all_passed`); a report or a command shows the third state as such."""
-    if math.isnan(_number(criterion.get("value"))):
+    gated = criterion.get("bound") if criterion.get("gated_on") == "bound" else criterion.get("value")
+    if math.isnan(_number(criterion.get("value"))) or math.isnan(_number(gated)):
         return NOT_COMPUTED
     return PASS if criterion.get("passed") is True else FAIL
 

@@ -19,7 +19,9 @@ _ROWS_OF = {
     "vl_acc_base": "vl", "vl_acc_safe": "vl", "retention_drop": "vl",
     "audio_acc_base": "audio", "audio_acc_safe": "audio", "audio_gain": "audio",
     "skip_rate": "all", "mean_audio_tokens": "all", "n_test": "all",
-    "irrelevant_flip_rate": "vl_with_audio",
+    "irrelevant_flip_rate": "vl_with_audio", "irrelevant_flip_rate_upper": "vl_with_audio",
+    "forced_flip_rate": "vl", "forced_flip_rate_upper": "vl",
+    **{f"forced_flip_rate_{probe}{bound}": "vl" for probe in ("distractor", "silent", "swapped") for bound in ("", "_upper")},
     "latency_ms_policy": "latency", "latency_ms_always_audio": "latency", "latency_ms_base": "latency",
 }
 _WHY_EMPTY = {

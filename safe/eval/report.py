@@ -15,13 +15,14 @@ from safe.io import write_text_atomic
 
 __all__ = ["criteria_table_text", "render_model_card", "render_report", "write_text_atomic"]
 
-_BOUND = {"retention_drop": "≤", "irrelevant_flip_rate": "≤", "audio_gain": "≥"}
+_BOUND = {"retention_drop": "≤", "irrelevant_flip_rate": "≤", "audio_gain": "≥", "forced_flip_rate": "≤"}
 _BOUND_ASCII = {"≤": "<=", "≥": ">="}
 _CRITERION_LABEL = {
     "retention_drop": "VL retention drop (base - SAFE, VL-only questions)",
     "audio_gain": "audio gain (SAFE - base, audio-dependent questions)",
     "skip_rate": "skip rate (gate chose budget 0, questions that carry a clip)",
     "irrelevant_flip_rate": "answers flipped by irrelevant audio (VL-only with a clip)",
+    "forced_flip_rate": "VL-only answers flipped with the budget forced on and a wrong clip (worst of three)",
 }
 _PROBE_LABEL = {
     "distractor": "distractor clip (adapter forced on)",
@@ -92,7 +93,8 @@ def _overall_line(criteria: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def criteria_markdown(criteria: Mapping[str, Mapping[str, Any]]) -> str:
-    """The success-criteria table: criterion, what it measures, value, threshold, PASS/FAIL."""
+    """The success-criteria table: criterion, what it measures, value, 95% bound, n, threshold, PASS/FAIL. The gate
+    reads the bound where there is one (`safe.eval.criteria`)."""
     rows = [[f"`{name}`", _CRITERION_LABEL.get(name, name), _pct(c["value"], 2), _pct(c.get("bound"), 2),
              "n/a" if c.get("n") is None else str(c["n"]), _threshold(name, c["threshold"]),
              f"**{_verdict(c['passed'])}**"] for name, c in criteria.items()]

@@ -21,6 +21,7 @@ promote:
   skip_rate_min: 0.0
   skip_rate_max: 1.0
   max_irrelevant_flip_rate: 1.0
+  max_forced_flip_rate: 1.0
 """
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from cli_contract import QUESTION, ROOT, expect_error, files_under, run
 
-GOOD = {"retention_drop": 0.0, "audio_gain": 0.1, "skip_rate": 0.5, "irrelevant_flip_rate": 0.0, "n_test": 4}
+GOOD = {"retention_drop": 0.0, "audio_gain": 0.1, "skip_rate": 0.5, "irrelevant_flip_rate": 0.0, "forced_flip_rate": 0.0,
+        "n_test": 4}
 
 
 @pytest.fixture(scope="module")

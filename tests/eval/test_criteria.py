@@ -9,22 +9,40 @@ import pytest
 from safe.eval.criteria import CRITERIA, Thresholds, all_passed, evaluate_criteria, failed_criteria, is_not_worse
 
 GOOD = {"retention_drop": 0.002, "audio_gain": 0.08, "skip_rate": 0.55, "irrelevant_flip_rate": 0.0,
-        "vl_acc_base": 0.8, "n_test": 100}
+        "forced_flip_rate": 0.01, "vl_acc_base": 0.8, "n_test": 100}
 
 
 def test_bounds_and_sample_sizes_travel_with_each_criterion():
-    metrics = {**GOOD, "retention_drop_upper": 0.004, "audio_gain_lower": 0.06, "irrelevant_flip_rate_upper": 0.0198,
-               "n_vl": 330, "n_audio": 270, "n_with_audio": 420, "n_irrelevant": 150}
+    metrics = {**GOOD, "retention_drop_upper": 0.004, "audio_gain_lower": 0.06, "irrelevant_flip_rate_upper": 0.0098,
+               "forced_flip_rate_upper": 0.019, "n_vl": 330, "n_audio": 270, "n_with_audio": 420, "n_irrelevant": 350}
     criteria = evaluate_criteria(metrics, Thresholds())
     assert {k: (c["bound"], c["n"]) for k, c in criteria.items()} == {
         "retention_drop": (0.004, 330), "audio_gain": (0.06, 270), "skip_rate": (None, 420),
-        "irrelevant_flip_rate": (0.0198, 150)}
+        "irrelevant_flip_rate": (0.0098, 350), "forced_flip_rate": (0.019, 330)}
+    assert all_passed(criteria)
+    assert {k: c["gated_on"] for k, c in criteria.items()} == {
+        "retention_drop": "bound", "audio_gain": "bound", "skip_rate": "value", "irrelevant_flip_rate": "bound",
+        "forced_flip_rate": "bound"}
+
+
+@pytest.mark.parametrize("bound_key, bound, failed", [
+    ("irrelevant_flip_rate_upper", 0.0198, "irrelevant_flip_rate"),  # 0 flips of 150: cannot show a rate < 1%
+    ("retention_drop_upper", 0.009, "retention_drop"),
+    ("audio_gain_lower", 0.03, "audio_gain"),
+    ("forced_flip_rate_upper", 0.025, "forced_flip_rate"),
+    ("forced_flip_rate_upper", float("nan"), "forced_flip_rate"),  # a bound that could not be computed
+])
+def test_the_gate_reads_the_bound_not_the_value(bound_key, bound, failed):
+    """Every value passes; the bound on the side that matters decides."""
+    criteria = evaluate_criteria({**GOOD, bound_key: bound})
+    assert failed_criteria(criteria) == [failed]
+    assert criteria[failed]["value"] == GOOD[failed] and criteria[failed]["gated_on"] == "bound"
 
 
 def test_all_pass_and_schema():
     criteria = evaluate_criteria(GOOD, Thresholds())
     assert list(criteria) == list(CRITERIA)
-    assert all(set(c) == {"value", "bound", "n", "threshold", "passed"} for c in criteria.values())
+    assert all(set(c) == {"value", "bound", "n", "threshold", "gated_on", "passed"} for c in criteria.values())
     assert all(c["bound"] is None and c["n"] is None for c in criteria.values())  # GOOD has no bounds or sizes
     assert criteria["skip_rate"]["threshold"] == [0.40, 0.70]
     assert criteria["retention_drop"]["threshold"] == 0.005

@@ -61,10 +61,13 @@ def test_report_starts_with_the_criteria_table(evaluation):
 def test_report_verdict_follows_criteria(evaluation):
     _, metrics, details, _ = evaluation
     passing = evaluate_criteria({**metrics, "retention_drop": 0.0, "audio_gain": 0.1, "skip_rate": 0.5,
-                                 "irrelevant_flip_rate": 0.0})
+                                 "irrelevant_flip_rate": 0.0, "forced_flip_rate": 0.0, "retention_drop_upper": 0.0,
+                                 "audio_gain_lower": 0.06, "irrelevant_flip_rate_upper": 0.009,
+                                 "forced_flip_rate_upper": 0.01})
     assert "**Overall: PASS**" in render_report(metrics, passing, details)
     failing = evaluate_criteria({**metrics, "retention_drop": 0.0, "audio_gain": 0.1, "skip_rate": 0.9,
-                                 "irrelevant_flip_rate": float("nan")})
+                                 "irrelevant_flip_rate": float("nan"), "forced_flip_rate": 0.0,
+                                 "retention_drop_upper": 0.0, "audio_gain_lower": 0.06, "forced_flip_rate_upper": 0.01})
     text = render_report(metrics, failing, details)
     assert "**Overall: FAIL** — not met: skip_rate, irrelevant_flip_rate." in text
     assert "| n/a |" in text  # NaN shown as n/a, not 'nan%'

@@ -20,13 +20,13 @@ from safe.eval.headline import headline_json, headline_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS = {"retention_drop": 0.002, "audio_gain": 0.10, "skip_rate": 0.8, "irrelevant_flip_rate": 0.0,
-           "vl_acc_base": 0.8, "vl_acc_safe": 0.798, "audio_acc_base": 0.3, "audio_acc_safe": 0.4, "n_test": 200}
+           "forced_flip_rate": 0.01, "vl_acc_base": 0.8, "vl_acc_safe": 0.798, "audio_acc_base": 0.3, "audio_acc_safe": 0.4, "n_test": 200}
 
 
 def test_headline_puts_the_verdict_and_criteria_first_in_that_order():
     headline = headline_metrics(METRICS, evaluate_criteria(METRICS, Thresholds()))
     assert list(headline) == ["passed", "failed", "retention_drop", "audio_gain", "skip_rate", "irrelevant_flip_rate",
-                              "audio_acc_safe", "vl_acc_safe"]
+                              "forced_flip_rate", "audio_acc_safe", "vl_acc_safe"]
     assert headline["passed"] is False and headline["failed"] == "skip_rate"
     assert list(json.loads(headline_json(headline))) == list(headline)  # the file keeps the column order
     passing = {**METRICS, "skip_rate": 0.5}
