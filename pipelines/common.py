@@ -11,11 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-for _key, _value in {
-    "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
-    "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DO_NOT_TRACK": "1",
-}.items():
-    os.environ.setdefault(_key, _value)
+from safe.environment import set_environment
+
+set_environment()
 
 from pipelines.code_deps import import_closure, stage_module  # noqa: E402
 from safe.config import PROFILES, ConfigError, SafeConfig, load_config, stage_params  # noqa: E402

@@ -17,12 +17,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from safe.data.commands import positive_int
-from safe.errors import EXIT_CRITERIA_FAILED, EXIT_INTERNAL, UserError, describe_path, from_exception
+from safe.environment import set_environment
 
-for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
-                     "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
-    os.environ.setdefault(_key, _value)
+set_environment()
+
+from safe.data.commands import positive_int  # noqa: E402
+from safe.errors import EXIT_CRITERIA_FAILED, EXIT_INTERNAL, UserError, describe_path, from_exception  # noqa: E402
 
 ALIASES = ("champion", "challenger")
 EXIT_CODES = ("exit codes: 0 success; 1 the command ran but its checks or success criteria failed; 2 bad input "
