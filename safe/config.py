@@ -501,6 +501,20 @@ SECTIONS: dict[str, type] = {
     "promote": PromoteConfig,
 }
 
+def _read_yaml(path: Path, what: str) -> Mapping[str, Any]:
+    """A YAML mapping file, read as YAML 1.2 as DVC reads and rewrites it (`dvc exp run -S`); 1.1 would read `no` as
+    false and `1e-05` as text."""
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        values = YAML(typ="safe", pure=True).load(path.read_text()) or {}
+    except YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return values
+
+
 def _profile_file(profile: str, profiles_dir: Path | None) -> Path:
     """`profiles/<profile>.yaml` in `profiles_dir` when that folder exists, else SAFE's own (`PROFILES_DIR`)."""
     folder = profiles_dir if profiles_dir is not None and Path(profiles_dir).is_dir() else PROFILES_DIR
@@ -513,14 +527,7 @@ def profile_defaults(profile: str, profiles_dir: Path | None = None) -> dict[str
     if profile not in PROFILES:
         raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     path = _profile_file(profile, profiles_dir)
-    if not path.is_file():
-        raise ConfigError(f"profile file not found: {path}")
-    try:
-        values = YAML(typ="safe", pure=True).load(path.read_text()) or {}
-    except YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    values = _read_yaml(path, "profile file")
     allowed = [name for name in SECTIONS if name != "accelerate"]
     out: dict[str, dict[str, Any]] = {}
     for name, section in values.items():
@@ -572,15 +579,7 @@ def load_config(path: str | Path = "params.yaml") -> SafeConfig:
     """Read params.yaml (or another YAML file) into a validated `SafeConfig`; its profile comes from the `profiles/`
     folder beside it, else from SAFE's own."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"params file not found: {path}")
-    try:
-        # YAML 1.2, as DVC reads and rewrites it (`dvc exp run -S`); 1.1 reads `no` as false and `1e-05` as text
-        params = YAML(typ="safe", pure=True).load(path.read_text()) or {}
-    except YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(params, Mapping):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    params = _read_yaml(path, "params file")
     try:
         return build_config(params, path.parent / "profiles")
     except ConfigError as exc:
