@@ -160,15 +160,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def _thresholds(params: Path | None):
     """(Thresholds, where they came from): --params, else the project's params.yaml, else the spec's defaults."""
+    from safe.config import PromoteConfig, load_config
     from safe.eval.criteria import Thresholds
 
     path = params if params is not None else _project_dir() / "params.yaml"
     if params is None and not path.is_file():
-        return Thresholds(), "the spec's defaults (no params.yaml in the project folder)"
+        return Thresholds.from_config(PromoteConfig()), "the spec's defaults (no params.yaml in the project folder)"
     if not path.is_file():
         raise UserError("params file not found", path=path, where="--params")
-    from safe.config import load_config
-
     return Thresholds.from_config(load_config(path).promote), str(path.resolve())
 
 
