@@ -37,7 +37,7 @@ def build_bundle(folder: Path, profile: str) -> Path:
     from safe.models.audio_encoders import build_audio_encoder
     from safe.models.safe_model import SAFEArchitecture, SAFEModel
     from safe.rl.state_features import state_dim
-    from safe.training.stage_c import DeploymentGate, save_gate
+    from safe.models.budget_gate import BudgetGate, save_gate
 
     torch.manual_seed(0)
     cfg, base = demo_base_vl(profile)
@@ -46,7 +46,7 @@ def build_bundle(folder: Path, profile: str) -> Path:
                       audio_encoder=encoder)
     base.save_pretrained(folder / "base")
     model.save_trainable(folder / "stage_a", extra_config={"audio_encoder": cfg.model.audio_encoder, "seed": 0})
-    save_gate(DeploymentGate(state_dim(base.hidden_size), hidden_dim=cfg.stage_c.hidden_dim), folder / "gate")
+    save_gate(BudgetGate(state_dim(base.hidden_size), hidden_dim=cfg.stage_c.hidden_dim), folder / "gate")
     return assemble_bundle(folder / "safe", str(folder / "base"), folder / "stage_a", folder / "gate")
 
 
@@ -64,7 +64,7 @@ def median_seconds(command: list[str], cwd: Path, repeats: int) -> float:
 PHASES = """
 import json, sys, time
 t0 = time.perf_counter()
-import safe.models.safe_model, safe.training.stage_c  # noqa: E401  (the model stack)
+import safe.models.safe_model, safe.models.budget_gate  # noqa: E401  (the model stack)
 t1 = time.perf_counter()
 from safe.data.media import load_audio, load_image
 from safe.inference import SAFEPredictor, check_bundle, check_question

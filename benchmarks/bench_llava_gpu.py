@@ -258,7 +258,7 @@ class Bench:
         from safe.inference import SAFEPredictor
         from safe.training.rollout import rollout
         from safe.training.stage_a import StageATrainer
-        from safe.training.stage_c import DeploymentGate
+        from safe.models.budget_gate import BudgetGate
 
         steps, batch_size = self.args.trainer_steps, self.args.batch_sizes[0]
         cfg = build_config({"profile": "llava", "stage_a": {
@@ -290,7 +290,7 @@ class Bench:
             t4 = time.perf_counter()
             record = next(r for r in manifest.by_split("val") if r.audio and r.image)
             self.model.audio_encoder = self.encoder  # the predictor encodes the raw clip
-            gate = DeploymentGate(outcomes.state_dim, self.model.token_budgets, hidden_dim=16)
+            gate = BudgetGate(outcomes.state_dim, self.model.token_budgets, hidden_dim=16)
             prediction = SAFEPredictor(self.model, gate).predict(manifest.resolve(record.image),
                                                                  manifest.resolve(record.audio), record.question,
                                                                  force_budget=12)

@@ -30,7 +30,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results_seeds.jsonl"
-COPIED = ("safe", "pipelines", "params.yaml", "dvc.yaml", "dvc.lock", ".dvc", ".dvcignore", "pyproject.toml", "data")
+COPIED = ("safe", "pipelines", "params.yaml", "profiles", "dvc.yaml", "dvc.lock", ".dvc", ".dvcignore", "pyproject.toml", "data")
 SHOWN = (("retention_drop", "retention_drop_upper"), ("audio_gain", "audio_gain_lower"), ("skip_rate", None),
          ("irrelevant_flip_rate", "irrelevant_flip_rate_upper"))
 

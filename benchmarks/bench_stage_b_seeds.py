@@ -36,7 +36,7 @@ from safe.data.manifest import read_manifest  # noqa: E402
 from safe.eval.criteria import Thresholds, all_passed, evaluate_criteria  # noqa: E402
 from safe.eval.metrics import compute_metrics  # noqa: E402
 from safe.models.base_vl import BaseVLModel  # noqa: E402
-from safe.rl.policy import AudioPolicyNetwork  # noqa: E402
+from safe.models.policy import AudioPolicyNetwork  # noqa: E402
 from safe.rl.reward import OutcomeTable  # noqa: E402
 from safe.training.rollout import batch_states  # noqa: E402
 from safe.training.stage_b import StageBTrainer, mix_weights  # noqa: E402

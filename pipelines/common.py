@@ -11,14 +11,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-for _key, _value in {
-    "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
-    "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DO_NOT_TRACK": "1",
-}.items():
-    os.environ.setdefault(_key, _value)
+from safe.environment import set_environment
+
+set_environment()
 
 from pipelines.code_deps import import_closure, stage_module  # noqa: E402
-from safe.config import ConfigError, SafeConfig, load_config, stage_params  # noqa: E402
+from safe.config import PROFILES, ConfigError, SafeConfig, load_config, stage_params  # noqa: E402
 
 PARAMS = Path("params.yaml")
 DATA = Path("data")
@@ -101,6 +99,12 @@ def params_diff(cfg: SafeConfig, baseline_rev: str) -> dict[str, Any] | None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "params.yaml").write_text(shown.stdout)
+        for profile in PROFILES:  # the profile files at that commit (a commit from before profiles/ uses today's)
+            path = f"profiles/{profile}.yaml"
+            at_rev = subprocess.run(["git", "show", f"{baseline_rev}:{path}"], capture_output=True, text=True)
+            if at_rev.returncode == 0:
+                (Path(tmp) / path).parent.mkdir(exist_ok=True)
+                (Path(tmp) / path).write_text(at_rev.stdout)
         try:
             baseline = _flat(load_config(Path(tmp) / "params.yaml").to_dict())
         except ConfigError:

@@ -22,11 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
-                     "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                     # the ephemeral API needs > 20 s (the default) on a busy 2-core machine
-                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
-    os.environ.setdefault(_key, _value)
+from safe.environment import set_environment
+
+set_environment()
+# the ephemeral API needs more than its default startup timeout on a busy 2-core machine
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import yaml  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402

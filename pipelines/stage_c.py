@@ -7,10 +7,11 @@ import shutil
 from pipelines.common import METRICS, SAFE_BUNDLE, STAGE_A, STAGE_B, base_vl_source, config, tracked_stage
 from safe.inference import assemble_bundle
 from safe.io import write_json_atomic
-from safe.rl.policy import load_policy
+from safe.models.policy import load_policy
 from safe.rl.reward import OutcomeTable, evaluate_actions
 from safe.training.stage_b import mix_weights, reward_config_from
-from safe.training.stage_c import distill_gate, gate_actions_on, save_gate
+from safe.models.budget_gate import gate_actions_on, save_gate
+from safe.training.stage_c import distill_gate
 
 
 def main() -> None:

@@ -17,12 +17,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from safe.data.commands import positive_int
-from safe.errors import EXIT_CRITERIA_FAILED, EXIT_INTERNAL, UserError, describe_path, from_exception
+from safe.environment import set_environment
 
-for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
-                     "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
-    os.environ.setdefault(_key, _value)
+set_environment()
+
+from safe.data.commands import positive_int  # noqa: E402
+from safe.errors import EXIT_CRITERIA_FAILED, EXIT_INTERNAL, UserError, describe_path, from_exception  # noqa: E402
 
 ALIASES = ("champion", "challenger")
 EXIT_CODES = ("exit codes: 0 success; 1 the command ran but its checks or success criteria failed; 2 bad input "
@@ -160,15 +160,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def _thresholds(params: Path | None):
     """(Thresholds, where they came from): --params, else the project's params.yaml, else the spec's defaults."""
+    from safe.config import PromoteConfig, load_config
     from safe.eval.criteria import Thresholds
 
     path = params if params is not None else _project_dir() / "params.yaml"
     if params is None and not path.is_file():
-        return Thresholds(), "the spec's defaults (no params.yaml in the project folder)"
+        return Thresholds.from_config(PromoteConfig()), "the spec's defaults (no params.yaml in the project folder)"
     if not path.is_file():
         raise UserError("params file not found", path=path, where="--params")
-    from safe.config import load_config
-
     return Thresholds.from_config(load_config(path).promote), str(path.resolve())
 
 

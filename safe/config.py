@@ -1,8 +1,10 @@
 """params.yaml -> frozen, validated dataclasses.
 
-params.yaml is the only home of run parameters. Its top-level `profile` (tiny, demo, smol, llava) selects
-defaults for model sizes, data sizes and training lengths; every section in params.yaml overrides those defaults
-key by key. Unknown keys raise `ConfigError` naming the key, so a typo never silently falls back to a default.
+Three layers, each overriding the one before key by key: the dataclass defaults below (what runs unless a profile
+or params.yaml says otherwise), the profile file `profiles/<profile>.yaml` that params.yaml's top-level `profile`
+(tiny, demo, smol, llava) selects (model sizes, data sizes, training lengths), then params.yaml's sections. The
+profile files are DVC params too (dvc.yaml declares each stage's sections of `profiles/${profile}.yaml`), so
+`dvc params diff` shows a profile change and reruns only the stages that read that section. Unknown keys raise `ConfigError` naming the key, so a typo never silently falls back to a default.
 Every value is checked against its field's type and range (`RANGES`) when the file is loaded, before anything
 trains: the error names the key path and the allowed range. Numbers written as text (YAML reads an unquoted
 `1e-3` as a string) are accepted as numbers.
@@ -20,9 +22,9 @@ from typing import Any, Mapping
 
 from ruamel.yaml import YAML, YAMLError
 
-from safe.eval.criteria import Thresholds
-
 PROFILES = ("tiny", "demo", "smol", "llava")
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
+"""SAFE's own profile files; a project folder's `profiles/` beside its params.yaml takes precedence."""
 
 
 class ConfigError(ValueError):
@@ -222,8 +224,8 @@ class BaseVLConfig:
     vision_pretrain_lr: float = 1e-3
     vision_pretrain_batch_size: int = 64
     freeze_pretrained_vision: bool = True
-    """Keep a tag-pretrained vision tower frozen while the LLaVA learns to answer (as LLaVA keeps CLIP frozen).
-    Demo, measured: VL-only validation 0.86 after 3 epochs frozen, 0.59 with the tower still training."""
+    """Keep a tag-pretrained vision tower frozen while the LLaVA learns to answer (as LLaVA keeps CLIP frozen): the
+    answer loss otherwise unlearns what the tags taught (docs/EXPERIMENTS.md#vision-tower-tag-pretraining)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -238,12 +240,14 @@ class StageAConfig:
 
     steps: int = 300
     batch_size: int = 32
-    learning_rate_projector: float = 5e-3
-    learning_rate_adapter: float = 5e-3
+    learning_rate_projector: float = 1e-3
+    """Larger steps stall the product of low-rank factors (docs/EXPERIMENTS.md#stage-a-learning-rate)."""
+    learning_rate_adapter: float = 1e-3
     audio_ratio: float = 0.5
     """Share of audio-dependent examples in every batch (the rest are VL-only)."""
-    kl_weight: float = 1.0
-    """Weight of KL(base || SAFE) on VL-only examples."""
+    kl_weight: float = 3.0
+    """Weight of KL(base || SAFE) on VL-only examples; higher keeps fused VL-only answers closer to the base when a
+    question is misrouted to audio (docs/EXPERIMENTS.md#stage-a-kl-weight)."""
     fisher_weight: float = 10.0
     """Weight of the diagonal-Fisher (EWC) penalty. The Fisher is estimated at every retention check from the first
     after step 0 on (at step 0 the zero-initialised LoRA leaves every other tensor without gradient), on VL-only rows
@@ -252,9 +256,10 @@ class StageAConfig:
     """Weight of the gate loss: each fusion block's gate (read from the question) learns to open for questions that
     need audio and close for VL-only ones carrying a clip. 0 leaves the gate to the task and KL losses alone."""
     fisher_batches: int = 4
-    retention_tolerance: float = 0.005
-    """Maximum allowed VL-only accuracy drop vs the base model on validation (0.005 = 0.5 points), measured with
-    the adapter forced on at the largest budget for every VL-only question that carries a clip."""
+    retention_tolerance: float = 0.05
+    """Maximum allowed VL-only accuracy drop vs the base model on validation, checked with the adapter forced on at
+    the largest budget for every VL-only question that carries a clip: the worst case, which the deployed gate
+    avoids, so it is looser than the deployed bound (held by Stage B's constraint and the promotion gate)."""
     kl_weight_growth: float = 1.5
     """Factor applied to kl_weight when a check finds the tolerance broken (then roll back to the best checkpoint)."""
     eval_every: int = 50
@@ -331,15 +336,15 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class PromoteConfig:
-    """`promote`: thresholds of the success criteria gating the `champion` alias (defaults: the spec's, kept once
-    in `safe.eval.criteria.Thresholds`)."""
+    """`promote`: thresholds of the success criteria gating the `champion` alias. The defaults are the spec's and
+    this is their one home in code (`safe.eval.criteria.Thresholds.from_config` reads them from here)."""
 
-    max_retention_drop: float = Thresholds.max_retention_drop
-    min_audio_gain: float = Thresholds.min_audio_gain
-    skip_rate_min: float = Thresholds.skip_rate_min
-    skip_rate_max: float = Thresholds.skip_rate_max
-    max_irrelevant_flip_rate: float = Thresholds.max_irrelevant_flip_rate
-    max_forced_flip_rate: float = Thresholds.max_forced_flip_rate
+    max_retention_drop: float = 0.005
+    min_audio_gain: float = 0.05
+    skip_rate_min: float = 0.40
+    skip_rate_max: float = 0.70
+    max_irrelevant_flip_rate: float = 0.01
+    max_forced_flip_rate: float = 0.02
     model_name: str = "safe-audio-vl"
 
     def __post_init__(self) -> None:
@@ -512,57 +517,42 @@ SECTIONS: dict[str, type] = {
     "promote": PromoteConfig,
 }
 
-# Profile defaults: applied over the dataclass defaults, below params.yaml.
-PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "tiny": {
-        "data": {"size": 400, "image_size": 32, "speech": False},
-        "model": {"audio_encoder": "whisper-random:64x2"},
-        "base_vl": {"epochs": 4, "batch_size": 64, "lr": 1e-3, "target_val_acc": 0.6, "vision_pretrain_epochs": 5},
-        "stage_a": {"steps": 80, "eval_every": 40, "fisher_batches": 2},
-        "stage_b": {"steps": 200, "unknown_word_rate": 0.15},
-        "stage_c": {"epochs": 100},
-        "evaluate": {"bootstrap": 200, "latency_examples": 8},
-    },
-    "demo": {
-        "data": {"size": 4000, "image_size": 32},
-        "model": {
-            "audio_encoder": "whisper-tiny.en",
-            "vision_hidden": 96, "vision_layers": 3, "text_hidden": 128, "text_layers": 3, "text_intermediate": 256,
-            "fusion_layers": [-3, -2, -1], "lora_rank": 32,
-        },
-        # Tag-pretraining the vision tower first (40 epochs, ~1.5 min) took VL-only validation from 0.67 after 10
-        # epochs to 0.94 after 5 (measured); the 0.9 target stops it early.
-        "base_vl": {"epochs": 10, "batch_size": 64, "lr": 1e-3, "vision_pretrain_epochs": 40},
-        # 2000 steps: validation audio accuracy was still climbing at 1000 (0.38 -> 0.61 at 1800, measured).
-        "stage_a": {"steps": 2000, "eval_every": 100},
-        # <unk> copies of the bandit's rows: 5 of 6 Stage B seeds kept the test flip rate <= 0.01, against 2 of 6
-        # without them (measured on the same seeded Stage A).
-        "stage_b": {"steps": 800, "unknown_word_rate": 0.15},
-    },
-    # SmolLM2-135M (30 layers) dominates every forward pass: sizes keep the whole DAG under an hour on 2 CPU cores.
-    "smol": {
-        "data": {"size": 1000, "image_size": 64},
-        "model": {
-            "language_model": "smollm2-135m-instruct", "language_model_trainable": "norms",
-            "audio_encoder": "whisper-tiny.en",
-            "vision_hidden": 128, "vision_layers": 4, "vision_heads": 4, "patch_size": 16,
-            "fusion_layers": [-3, -2, -1], "lora_rank": 32,
-        },
-        "base_vl": {"epochs": 6, "batch_size": 16, "lr": 3e-3, "derived_questions": False},
-        "stage_a": {"steps": 80, "batch_size": 16, "eval_every": 40, "fisher_batches": 2},
-        "stage_b": {"steps": 800},
-        "evaluate": {"bootstrap": 500, "latency_examples": 16},
-    },
-    "llava": {
-        "data": {"source": "manifest", "manifest": "data/ingested/manifest.jsonl", "image_size": 336},
-        "model": {
-            "base_vl": "llava-hf/llava-1.5-7b-hf", "audio_encoder": "clap:laion/clap-htsat-unfused",
-            "fusion_layers": [-8, -4, -1], "fusion_heads": 32, "lora_rank": 16, "dtype": "bfloat16",
-            "projector_hidden": 2048, "activation_checkpointing": True,
-        },
-        "stage_a": {"batch_size": 8},
-    },
-}
+def _read_yaml(path: Path, what: str) -> Mapping[str, Any]:
+    """A YAML mapping file, read as YAML 1.2 as DVC reads and rewrites it (`dvc exp run -S`); 1.1 would read `no` as
+    false and `1e-05` as text."""
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        values = YAML(typ="safe", pure=True).load(path.read_text()) or {}
+    except YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return values
+
+
+def _profile_file(profile: str, profiles_dir: Path | None) -> Path:
+    """`profiles/<profile>.yaml` in `profiles_dir` when that folder exists, else SAFE's own (`PROFILES_DIR`)."""
+    folder = profiles_dir if profiles_dir is not None and Path(profiles_dir).is_dir() else PROFILES_DIR
+    return Path(folder) / f"{profile}.yaml"
+
+
+def profile_defaults(profile: str, profiles_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The sections of a profile file ({section: {key: value}}); a section a profile leaves alone is `{}`.
+    `accelerate` is per machine, not per profile: it lives in params.yaml only."""
+    if profile not in PROFILES:
+        raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    path = _profile_file(profile, profiles_dir)
+    values = _read_yaml(path, "profile file")
+    allowed = [name for name in SECTIONS if name != "accelerate"]
+    out: dict[str, dict[str, Any]] = {}
+    for name, section in values.items():
+        if name not in allowed:
+            raise ConfigError(f"{path}: unknown section {name!r} (allowed: {', '.join(allowed)})")
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{path}: section {name!r} must be a mapping ({{}} when empty), got {section!r}")
+        out[name] = dict(section)
+    return out
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any], where: str, allowed: set[str]) -> dict[str, Any]:
@@ -574,19 +564,22 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any], where: str, allowe
     return out
 
 
-def build_config(params: Mapping[str, Any]) -> SafeConfig:
-    """Build a `SafeConfig` from a params mapping (the parsed params.yaml)."""
+def build_config(params: Mapping[str, Any], profiles_dir: Path | None = None) -> SafeConfig:
+    """Build a `SafeConfig` from a params mapping (the parsed params.yaml) over its profile's file, read from
+    `profiles_dir` (default: SAFE's own `profiles/`)."""
     params = copy.deepcopy(dict(params or {}))
     profile = params.pop("profile", "demo")
     if profile not in PROFILES:
         raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    defaults = profile_defaults(profile, profiles_dir)
+    where = _profile_file(profile, profiles_dir).as_posix()
     for key in params:
         if key not in SECTIONS:
             raise ConfigError(f"unknown top-level key {key!r} in params (allowed: profile, {', '.join(SECTIONS)})")
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         allowed = {f.name for f in dataclasses.fields(cls)}
-        merged = _merge({}, PROFILE_DEFAULTS[profile].get(name, {}), f"PROFILE_DEFAULTS[{profile}].{name}", allowed)
+        merged = _merge({}, defaults.get(name, {}), f"{where}: {name}", allowed)
         section = params.get(name) or {}
         if not isinstance(section, Mapping):
             raise ConfigError(f"params section {name!r} must be a mapping, got {type(section).__name__}")
@@ -599,19 +592,12 @@ def build_config(params: Mapping[str, Any]) -> SafeConfig:
 
 
 def load_config(path: str | Path = "params.yaml") -> SafeConfig:
-    """Read params.yaml (or another YAML file) into a validated `SafeConfig`."""
+    """Read params.yaml (or another YAML file) into a validated `SafeConfig`; its profile comes from the `profiles/`
+    folder beside it, else from SAFE's own."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"params file not found: {path}")
+    params = _read_yaml(path, "params file")
     try:
-        # YAML 1.2, as DVC reads and rewrites it (`dvc exp run -S`); 1.1 reads `no` as false and `1e-05` as text
-        params = YAML(typ="safe", pure=True).load(path.read_text()) or {}
-    except YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(params, Mapping):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    try:
-        return build_config(params)
+        return build_config(params, path.parent / "profiles")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
 

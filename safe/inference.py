@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 GATE_DIR = "gate"
 BASE_DIR = "base_vl"
-# The file names of safe.models.safe_model and safe.rl.policy, repeated so the checks need not import torch.
+# The file names of safe.models.safe_model and safe.models.policy, repeated so the checks need not import torch.
 SAFE_CONFIG_FILE = "safe_config.json"
 SAFE_TRAINABLE_FILE = "safe_trainable.safetensors"
 LORA_DIR = "fusion_lora"  # safe.models.safe_model.LORA_DIR (not imported: this module checks bundles without torch)
@@ -254,7 +254,7 @@ class SAFEPredictor:
         """The bundle's model (`dtype`, `device` as in `load_safe_model`); the gate stays on the CPU.
 
         The folder is checked first (`check_bundle`): a missing or broken file raises BundleError naming it."""
-        from safe.training.stage_c import load_gate
+        from safe.models.budget_gate import load_gate
 
         bundle_dir = Path(bundle_dir)
         check_bundle(bundle_dir)

@@ -38,9 +38,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1",
-                     "GX_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1"}.items():
-    os.environ.setdefault(_key, _value)
+from safe.environment import set_environment
+
+set_environment()
 
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402  (mlflow imports it anyway)

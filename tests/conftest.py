@@ -16,10 +16,9 @@ from PIL import Image
 from prefect_server import PrefectServer, stop_process_group  # tests/prefect_server.py
 from project_copy import copy_project  # tests/project_copy.py
 
-for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
-                     "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DO_NOT_TRACK": "1",
-                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}.items():
-    os.environ.setdefault(_key, _value)
+from safe.environment import set_environment  # noqa: E402
+
+set_environment()
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from safe.environment import OFFLINE, TELEMETRY_OFF
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,8 +42,7 @@ def copy_project(parent: Path, params: Mapping[str, Any]) -> tuple[Path, dict]:
     env.update({
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         "PREFECT_HOME": str(dst.parent / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING", "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
-        "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "SAFE_CACHE_DIR": str(dst.parent / "cache"),
+        "PREFECT_LOGGING_LEVEL": "WARNING", **TELEMETRY_OFF, **OFFLINE, "SAFE_CACHE_DIR": str(dst.parent / "cache"),
         "PYTHONPATH": str(dst), "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com",
         "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.com",
     })

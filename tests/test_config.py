@@ -59,3 +59,108 @@ def test_data_check_settings_and_sampling_weights():
                        ({"max_clip_seconds": 0.01}, "data.max_clip_seconds")):
         with pytest.raises(ConfigError, match=where):
             build_config({"profile": "tiny", "data": bad})
+
+
+# What safe/config.py's PROFILE_DEFAULTS held when the profiles moved to profiles/*.yaml: the files must load to the
+# same values. A profile changed on purpose changes here too (and gets a docs/EXPERIMENTS.md entry).
+PROFILE_DEFAULTS_WHEN_MOVED = {
+    "tiny": {
+        "data": {"size": 400, "image_size": 32, "speech": False},
+        "model": {"audio_encoder": "whisper-random:64x2"},
+        "base_vl": {"epochs": 4, "batch_size": 64, "lr": 1e-3, "target_val_acc": 0.6, "vision_pretrain_epochs": 5},
+        "stage_a": {"steps": 80, "eval_every": 40, "fisher_batches": 2},
+        "stage_b": {"steps": 200, "unknown_word_rate": 0.15},
+        "stage_c": {"epochs": 100},
+        "evaluate": {"bootstrap": 200, "latency_examples": 8},
+    },
+    "demo": {
+        "data": {"size": 4000, "image_size": 32},
+        "model": {"audio_encoder": "whisper-tiny.en", "vision_hidden": 96, "vision_layers": 3, "text_hidden": 128,
+                  "text_layers": 3, "text_intermediate": 256, "fusion_layers": [-3, -2, -1], "lora_rank": 32},
+        "base_vl": {"epochs": 10, "batch_size": 64, "lr": 1e-3, "vision_pretrain_epochs": 40},
+        "stage_a": {"steps": 2000, "eval_every": 100},
+        "stage_b": {"steps": 800, "unknown_word_rate": 0.15},
+    },
+    "smol": {
+        "data": {"size": 1000, "image_size": 64},
+        "model": {"language_model": "smollm2-135m-instruct", "language_model_trainable": "norms",
+                  "audio_encoder": "whisper-tiny.en", "vision_hidden": 128, "vision_layers": 4, "vision_heads": 4,
+                  "patch_size": 16, "fusion_layers": [-3, -2, -1], "lora_rank": 32},
+        "base_vl": {"epochs": 6, "batch_size": 16, "lr": 3e-3, "derived_questions": False},
+        "stage_a": {"steps": 80, "batch_size": 16, "eval_every": 40, "fisher_batches": 2},
+        "stage_b": {"steps": 800},
+        "evaluate": {"bootstrap": 500, "latency_examples": 16},
+    },
+    "llava": {
+        "data": {"source": "manifest", "manifest": "data/ingested/manifest.jsonl", "image_size": 336},
+        "model": {"base_vl": "llava-hf/llava-1.5-7b-hf", "audio_encoder": "clap:laion/clap-htsat-unfused",
+                  "fusion_layers": [-8, -4, -1], "fusion_heads": 32, "lora_rank": 16, "dtype": "bfloat16",
+                  "projector_hidden": 2048, "activation_checkpointing": True},
+        "stage_a": {"batch_size": 8},
+    },
+}
+
+
+@pytest.mark.parametrize("profile", ["tiny", "demo", "smol", "llava"])
+def test_profile_files_hold_what_profile_defaults_held(profile):
+    from safe.config import SECTIONS, profile_defaults
+
+    loaded = profile_defaults(profile)
+    # every section but accelerate is present (dvc.yaml reads each stage's sections; DVC fails on a missing one)
+    assert set(loaded) == set(SECTIONS) - {"accelerate"}
+    assert {k: v for k, v in loaded.items() if v} == PROFILE_DEFAULTS_WHEN_MOVED[profile]
+    # and the built config has exactly those values where the profile sets them
+    cfg = build_config({"profile": profile})
+    for section, values in PROFILE_DEFAULTS_WHEN_MOVED[profile].items():
+        for key, value in values.items():
+            got = getattr(getattr(cfg, section), key)
+            assert (list(got) if isinstance(got, tuple) else got) == value, f"{profile}: {section}.{key}"
+
+
+def test_params_yaml_overrides_match_the_dataclass_defaults_where_every_profile_runs_them():
+    """A dataclass default is what runs: params.yaml does not silently override it with another value for every
+    profile (Stage A's learning rates, KL weight and retention tolerance used to be the rejected values)."""
+    from ruamel.yaml import YAML
+
+    from safe.config import SECTIONS
+
+    params = YAML(typ="safe", pure=True).load(open("params.yaml"))
+    for section, values in params.items():
+        if section == "profile":
+            continue
+        default = SECTIONS[section]()
+        for key, value in values.items():
+            got = getattr(default, key)
+            got = list(got) if isinstance(got, tuple) else got
+            if value is False and key == "mixed_precision":
+                value = "no"
+            assert got == value, f"params.yaml {section}.{key}: {value!r} but the dataclass default is {got!r}"
+
+
+def test_thresholds_live_once():
+    """PromoteConfig holds the spec's thresholds; params.yaml and criteria.Thresholds agree with it."""
+    import dataclasses
+
+    from safe.config import PromoteConfig
+    from safe.eval.criteria import Thresholds
+
+    promote = PromoteConfig()
+    assert dataclasses.asdict(load_config("params.yaml").promote) == dataclasses.asdict(promote)
+    assert Thresholds() == Thresholds.from_config(promote)
+
+
+def test_a_project_profiles_folder_takes_precedence(tmp_path):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "tiny.yaml").write_text("stage_b:\n  steps: 7\n")
+    (tmp_path / "params.yaml").write_text("profile: tiny\n")
+    cfg = load_config(tmp_path / "params.yaml")
+    assert cfg.stage_b.steps == 7 and cfg.data.size == 600  # the dataclass default: this tiny.yaml sets no size
+    (tmp_path / "profiles" / "tiny.yaml").write_text("stage_b:\n  stepz: 7\n")
+    with pytest.raises(ConfigError, match="stepz"):
+        load_config(tmp_path / "params.yaml")
+    (tmp_path / "profiles" / "tiny.yaml").write_text("accelerate:\n  num_processes: 2\n")
+    with pytest.raises(ConfigError, match="unknown section 'accelerate'"):
+        load_config(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("profile: demo\n")
+    with pytest.raises(ConfigError, match="profile file not found"):
+        load_config(tmp_path / "params.yaml")

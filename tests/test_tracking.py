@@ -269,7 +269,7 @@ def safe_bundle(tmp_path, tiny_base):
     from safe.models.audio_encoders import build_audio_encoder
     from safe.models.safe_model import SAFEArchitecture, SAFEModel
     from safe.rl.state_features import state_dim
-    from safe.training.stage_c import DeploymentGate, save_gate
+    from safe.models.budget_gate import BudgetGate, save_gate
 
     spec = "whisper-random:32x1"
     encoder = build_audio_encoder(spec, seed=0)
@@ -277,7 +277,7 @@ def safe_bundle(tmp_path, tiny_base):
                       audio_encoder=encoder)
     tiny_base.save_pretrained(tmp_path / "base")
     model.save_trainable(tmp_path / "stage_a", extra_config={"audio_encoder": spec, "seed": 0})
-    save_gate(DeploymentGate(state_dim(tiny_base.hidden_size), hidden_dim=0), tmp_path / "gate")
+    save_gate(BudgetGate(state_dim(tiny_base.hidden_size), hidden_dim=0), tmp_path / "gate")
     return assemble_bundle(tmp_path / "safe", str(tmp_path / "base"), tmp_path / "stage_a", tmp_path / "gate")
 
 
@@ -325,7 +325,7 @@ def test_registered_champion_answers_through_pyfunc(project, tmp_path, tiny_base
     from safe.models.audio_encoders import build_audio_encoder
     from safe.models.safe_model import SAFEArchitecture, SAFEModel
     from safe.rl.state_features import state_dim
-    from safe.training.stage_c import DeploymentGate, save_gate
+    from safe.models.budget_gate import BudgetGate, save_gate
 
     spec = "whisper-random:32x1"
     encoder = build_audio_encoder(spec, seed=0)
@@ -333,7 +333,7 @@ def test_registered_champion_answers_through_pyfunc(project, tmp_path, tiny_base
                       audio_encoder=encoder)
     tiny_base.save_pretrained(tmp_path / "base")
     model.save_trainable(tmp_path / "stage_a", extra_config={"audio_encoder": spec, "seed": 0})
-    save_gate(DeploymentGate(state_dim(tiny_base.hidden_size), hidden_dim=0), tmp_path / "gate")
+    save_gate(BudgetGate(state_dim(tiny_base.hidden_size), hidden_dim=0), tmp_path / "gate")
     bundle = assemble_bundle(tmp_path / "safe", str(tmp_path / "base"), tmp_path / "stage_a", tmp_path / "gate")
     image, audio = tmp_path / "red.png", tmp_path / "beep.wav"
     Image.new("RGB", (32, 32), (255, 0, 0)).save(image)

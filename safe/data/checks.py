@@ -28,6 +28,7 @@ import pandas as pd
 
 from safe.data.manifest import SPLITS
 from safe.data.media import MediaError, audio_info, load_image, scan_audio
+from safe.environment import set_environment
 from safe.io import write_text_atomic
 
 SYNTH_FAMILIES = ("vl", "vl_distractor", "audio", "audio_visual", "silent_control")
@@ -129,7 +130,7 @@ class CheckReport:
 @contextmanager
 def _quiet_gx() -> Iterator[Any]:
     """Import GX with its DeprecationWarnings (and the network analytics) switched off; yields the module."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    set_environment(offline=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)

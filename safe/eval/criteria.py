@@ -18,6 +18,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
+from safe.config import PromoteConfig
+
 FLOAT_TOL = 1e-9
 NOT_WORSE_EPS = 1e-3
 """Allowed slack (0.1 percentage point) when comparing a candidate with the champion (see `is_not_worse`)."""
@@ -32,18 +34,18 @@ which is a design target, not a risk), and of the sample size behind it."""
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Success thresholds; defaults from the SAFE spec (params.yaml `promote:` overrides them)."""
+    """Success thresholds; defaults are `safe.config.PromoteConfig`'s (params.yaml `promote:` overrides them)."""
 
-    max_retention_drop: float = 0.005
+    max_retention_drop: float = PromoteConfig.max_retention_drop
     """VL accuracy lost by SAFE vs the base model on VL-only questions: at most 0.5 points."""
-    min_audio_gain: float = 0.05
+    min_audio_gain: float = PromoteConfig.min_audio_gain
     """Accuracy gained on audio-dependent questions: at least 5 points."""
-    skip_rate_min: float = 0.40
-    skip_rate_max: float = 0.70
-    """Share of test examples where the gate skips audio: in [skip_rate_min, skip_rate_max]."""
-    max_irrelevant_flip_rate: float = 0.01
+    skip_rate_min: float = PromoteConfig.skip_rate_min
+    skip_rate_max: float = PromoteConfig.skip_rate_max
+    """Share of test examples that carry a clip where the gate skips audio: in [skip_rate_min, skip_rate_max]."""
+    max_irrelevant_flip_rate: float = PromoteConfig.max_irrelevant_flip_rate
     """Share of VL-only questions with unrelated audio whose answer changes vs the base model: at most 1%."""
-    max_forced_flip_rate: float = 0.02
+    max_forced_flip_rate: float = PromoteConfig.max_forced_flip_rate
     """Share of VL-only answers that change when the budget is forced to the largest with a wrong clip (distractor,
     silence, another example's; the worst of the three): the adapter's own robustness to a misrouted question."""
 

@@ -1,6 +1,6 @@
 """The RL controller: the budget policy, its reward and the outcome tables Stage B learns from."""
 
-from safe.rl.policy import AudioPolicyNetwork, load_policy, save_policy
+from safe.models.policy import AudioPolicyNetwork, load_policy, save_policy
 from safe.rl.reward import OutcomeTable, OutcomeTableError, RewardConfig, evaluate_actions, reward_terms
 
 __all__ = ["AudioPolicyNetwork", "OutcomeTable", "OutcomeTableError", "RewardConfig", "evaluate_actions",

@@ -3,14 +3,14 @@
 Why: the offline profiles' word-level tokenizer maps every word it never saw in training to `<unk>`, so a rephrased
 question (the benchmark's held-out test phrasings: "the circle is painted in which color?") reaches the model with
 `<unk>` where the new word was. Training never shows `<unk>`, so the fusion adapter's reaction to it is arbitrary:
-on the demo, with audio forced on, 10 of 18 such test colour questions changed their answer, against 1 of 83
-questions phrased as in training. Replacing a share of validation question words by `<unk>` measures that risk
-without the test split (`StageATrainer.unknown_word_flip_rate`), and Stage B learns from copies of its rows altered
-this way, with the model's real outcomes on them (pipelines/stage_b.py, `stage_b.unknown_word_rate`).
+with audio forced on, held-out phrasings change their answer far more often than questions phrased as in training
+(docs/EXPERIMENTS.md#stage-b-learns-from-unk-rows). Replacing a share of validation question words by `<unk>`
+measures that risk without the test split (`StageATrainer.unknown_word_flip_rate`), and Stage B learns from copies
+of its rows altered this way, with the model's real outcomes on them (pipelines/stage_b.py,
+`stage_b.unknown_word_rate`).
 
-Training Stage A on such questions as well (KL to the base on the same altered prompt) was measured on the demo and
-not kept: validation audio accuracy fell from 0.91 to 0.70 (every row altered) or 0.76 (VL-only rows altered), while
-forced-on flips on altered validation questions stayed at 5-8%.
+Training Stage A on such questions as well (KL to the base on the same altered prompt) cost validation audio
+accuracy without making altered questions safe, so it was not kept (docs/EXPERIMENTS.md#stage-a-unk-training).
 """
 
 from __future__ import annotations

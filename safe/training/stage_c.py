@@ -1,67 +1,22 @@
-"""Stage C: distil the Stage B policy into the lightweight deployment gate.
+"""Stage C: distil the Stage B policy into the deployment budget gate (`safe.models.budget_gate.BudgetGate`).
 
-The gate is what inference runs before touching audio: a tiny classifier (one hidden layer, or multinomial logistic
-regression with hidden_dim=0) from the same pre-audio state to a token budget, trained by supervised learning on
-(state -> policy's argmax budget) pairs. `audio_probability` = P(budget > 0) is "the gate value" in [0, 1].
+The gate is trained by supervised learning on (state -> policy's argmax budget) pairs, from the same pre-audio
+state the policy reads.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from safe.rl.policy import (AudioPolicyNetwork, BudgetClassifier, as_action_mask, as_state_tensor, load_module_dir,
-                            save_module_dir)
+from safe.models.budget_gate import BudgetGate
+from safe.models.policy import AudioPolicyNetwork, as_action_mask, as_state_tensor
 from safe.training.stage_b import MetricsLogger, check_row_weights
 
 
-class DeploymentGate(BudgetClassifier):
-    """state (B, S) -> logits over budgets (B, A); same input normalisation as the policy.
-
-    hidden_dim > 0: Linear -> Tanh -> Linear; hidden_dim = 0: a single Linear (logistic regression).
-    """
-
-    kind = "deployment_gate"
-
-    def __init__(self, state_feature_dim: int, token_budgets: Sequence[int] = (0, 4, 8, 12),
-                 hidden_dim: int = 32) -> None:
-        super().__init__(state_feature_dim, token_budgets)
-        if int(hidden_dim) < 0:
-            raise ValueError(f"hidden_dim must be >= 0 (0 = logistic regression), got {hidden_dim}")
-        self.hidden_dim = int(hidden_dim)
-        if self.hidden_dim == 0:
-            self.net = nn.Linear(self.state_feature_dim, self.num_actions)
-        else:
-            self.net = nn.Sequential(nn.Linear(self.state_feature_dim, self.hidden_dim), nn.Tanh(),
-                                     nn.Linear(self.hidden_dim, self.num_actions))
-
-    @torch.no_grad()
-    def predict_budget(self, states: Any, action_mask: Any = None) -> torch.Tensor:
-        """Budget VALUES (B,) the gate chooses (argmax)."""
-        return self.get_actions(states, deterministic=True, action_mask=action_mask)
-
-    @torch.no_grad()
-    def audio_probability(self, states: Any, action_mask: Any = None) -> torch.Tensor:
-        """P(budget > 0) (B,): the gate value in [0, 1]."""
-        return self.action_probs(states, action_mask)[:, 1:].sum(dim=-1)
-
-
-
-def save_gate(gate: DeploymentGate, path: str | Path) -> Path:
-    """Save the gate to the folder `path` (safetensors weights incl. normaliser + json config, atomic per file)."""
-    return save_module_dir(gate, path)
-
-
-def load_gate(path: str | Path, map_location: str | torch.device = "cpu") -> DeploymentGate:
-    """Load a gate saved by `save_gate`; returned in eval mode."""
-    return load_module_dir(path, DeploymentGate, map_location)
-
-
-def _agreement(gate: DeploymentGate, states: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None) -> float:
+def _agreement(gate: BudgetGate, states: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None) -> float:
     if len(states) == 0:
         return float("nan")
     with torch.no_grad():
@@ -71,8 +26,8 @@ def _agreement(gate: DeploymentGate, states: torch.Tensor, targets: torch.Tensor
 
 def distill_gate(policy: AudioPolicyNetwork, states: Any, config: Any, action_mask: Any = None,
                  logger: MetricsLogger | None = None, soft_targets: bool = False, holdout_fraction: float = 0.2,
-                 log_every: int = 10, row_weights: Any = None) -> tuple[DeploymentGate, dict[str, float]]:
-    """Train a DeploymentGate to imitate `policy` on `states` (N, S).
+                 log_every: int = 10, row_weights: Any = None) -> tuple[BudgetGate, dict[str, float]]:
+    """Train a BudgetGate to imitate `policy` on `states` (N, S).
 
     config: any object with epochs, lr, hidden_dim, seed (e.g. `safe.config.StageCConfig`).
     Targets: the policy's argmax budget (cross-entropy); with soft_targets=True the policy's probabilities instead.
@@ -108,7 +63,7 @@ def distill_gate(policy: AudioPolicyNetwork, states: Any, config: Any, action_ma
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        gate = DeploymentGate(policy.state_feature_dim, policy.token_budgets, config.hidden_dim)
+        gate = BudgetGate(policy.state_feature_dim, policy.token_budgets, config.hidden_dim)
     gate.fit_normalizer(x[tr])
     gate.train()
     optimizer = torch.optim.Adam(gate.parameters(), lr=config.lr)
@@ -137,9 +92,3 @@ def distill_gate(policy: AudioPolicyNetwork, states: Any, config: Any, action_ma
         "skip_rate_gate": float((gate_idx == 0).float().mean()),
     }
     return gate, report
-
-
-def gate_actions_on(gate: DeploymentGate, states: Any, action_mask: Any = None) -> np.ndarray:
-    """Budget indices (N,) as numpy, e.g. to score the gate with `safe.rl.reward.evaluate_actions`."""
-    with torch.no_grad():
-        return gate.get_action_indices(states, deterministic=True, action_mask=action_mask).cpu().numpy()

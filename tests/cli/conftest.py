@@ -20,7 +20,7 @@ def bundle(tmp_path_factory, tiny_base) -> Path:
     from safe.models.audio_encoders import build_audio_encoder
     from safe.models.safe_model import SAFEArchitecture, SAFEModel
     from safe.rl.state_features import state_dim
-    from safe.training.stage_c import DeploymentGate, save_gate
+    from safe.models.budget_gate import BudgetGate, save_gate
 
     tmp = tmp_path_factory.mktemp("bundle")
     spec = "whisper-random:32x1"
@@ -29,7 +29,7 @@ def bundle(tmp_path_factory, tiny_base) -> Path:
                       audio_encoder=encoder)
     tiny_base.save_pretrained(tmp / "base")
     model.save_trainable(tmp / "stage_a", extra_config={"audio_encoder": spec, "seed": 0})
-    save_gate(DeploymentGate(state_dim(tiny_base.hidden_size), hidden_dim=0), tmp / "gate")
+    save_gate(BudgetGate(state_dim(tiny_base.hidden_size), hidden_dim=0), tmp / "gate")
     return assemble_bundle(tmp / "safe", str(tmp / "base"), tmp / "stage_a", tmp / "gate")
 
 

@@ -5,7 +5,7 @@ def test_spec_basic_usage_runs_verbatim():
     import torch
     from safe.models.projectors import AudioProjector
     from safe.models.fusion_adapter import CrossAttentionBlock
-    from safe.rl.policy import AudioPolicyNetwork
+    from safe.models.policy import AudioPolicyNetwork
 
     # Create audio projector
     projector = AudioProjector(

@@ -70,6 +70,15 @@ def test_params_diff_applies_profile_defaults(repo):
     assert diff["profile"] == "tiny" and diff["data.size"] == 400  # the tiny profile's own size
 
 
+def test_params_diff_sees_a_profile_file_change(repo):
+    shutil.copytree(ROOT / "profiles", repo / "profiles")
+    subprocess.run(["git", "add", "profiles"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "profiles"], cwd=repo, check=True)
+    path = repo / "profiles" / "demo.yaml"
+    path.write_text(path.read_text().replace("  steps: 800\n", "  steps: 801\n"))
+    assert params_diff(load_config("params.yaml"), _head(repo)) == {"stage_b.steps": 801}
+
+
 def test_params_diff_is_none_for_an_unknown_baseline(repo):
     assert params_diff(load_config("params.yaml"), "0" * 40) is None
 

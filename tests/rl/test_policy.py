@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from safe.rl.policy import AudioPolicyNetwork, load_policy, save_policy
+from safe.models.policy import AudioPolicyNetwork, load_policy, save_policy
 
 
 def test_spec_snippet_runs_and_returns_budget_values():

@@ -19,7 +19,8 @@ def make_trainer(tiny_base, bench, steps, tmp_path=None, callbacks=None, **overr
     train = ManifestDataset(manifest, "train", features=store)
     val = ManifestDataset(manifest, "val", features=store)
     cfg = StageAConfig(**{"steps": steps, "batch_size": 8, "eval_every": 5, "fisher_batches": 1,
-                          "learning_rate_projector": 3e-3, "learning_rate_adapter": 3e-3, **overrides})
+                          "learning_rate_projector": 3e-3, "learning_rate_adapter": 3e-3,
+                          "kl_weight": 1.0, "retention_tolerance": 0.005, **overrides})
     sampler = BalancedBatchSampler([r.needs_audio for r in train.records], 8, 0.5, num_batches=steps, seed=0)
     train_loader = DataLoader(train, batch_sampler=sampler, collate_fn=LlavaCollator(tiny_base, 16, True))
     val_loader = DataLoader(val, batch_size=16, collate_fn=LlavaCollator(tiny_base, 16, False))

@@ -6,7 +6,7 @@ import torch
 from conftest import BUDGETS, make_bandit_table
 
 from safe.config import StageBConfig
-from safe.rl.policy import AudioPolicyNetwork
+from safe.models.policy import AudioPolicyNetwork
 from safe.rl.reward import OutcomeTable
 from safe.training.stage_b import (
     StageBTrainer, bandit_tables, evaluate_policy, fixed_policy_rewards, reward_config_from,

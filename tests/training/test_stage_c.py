@@ -4,10 +4,11 @@ import torch
 from conftest import make_bandit_table
 
 from safe.config import StageBConfig, StageCConfig
-from safe.rl.policy import AudioPolicyNetwork
+from safe.models.policy import AudioPolicyNetwork
 from safe.rl.reward import evaluate_actions
 from safe.training.stage_b import StageBTrainer, evaluate_policy, reward_config_from
-from safe.training.stage_c import DeploymentGate, distill_gate, gate_actions_on, load_gate, save_gate
+from safe.models.budget_gate import BudgetGate, gate_actions_on, load_gate, save_gate
+from safe.training.stage_c import distill_gate
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +70,14 @@ def test_save_load_gate_round_trip(tmp_path, policy_and_tables):
     assert torch.equal(gate(test.states), loaded(test.states))
     assert torch.equal(gate.predict_budget(test.states), loaded.predict_budget(test.states))
     with pytest.raises(ValueError, match="expected kind 'deployment_gate'"):
-        from safe.rl.policy import save_policy
+        from safe.models.policy import save_policy
         load_gate(save_policy(policy, tmp_path / "policy"))
 
 
 def test_gate_input_errors():
     with pytest.raises(ValueError, match="hidden_dim must be >= 0"):
-        DeploymentGate(4, hidden_dim=-1)
-    gate = DeploymentGate(4, hidden_dim=0)
+        BudgetGate(4, hidden_dim=-1)
+    gate = BudgetGate(4, hidden_dim=0)
     assert isinstance(gate.net, torch.nn.Linear)
     with pytest.raises(ValueError, match="expected 4, got 5"):
         gate.predict_budget(np.zeros((2, 5), dtype=np.float32))

@@ -37,7 +37,7 @@ def main(bench: Path, base_dir: Path, out: Path, steps: int, accumulation: int) 
                               collate_fn=LlavaCollator(base, store.embed_dim, True))
     val_loader = DataLoader(val, batch_size=16, collate_fn=LlavaCollator(base, store.embed_dim, False))
     cfg = StageAConfig(steps=steps, batch_size=8, eval_every=3, fisher_batches=2, learning_rate_projector=3e-3,
-                       learning_rate_adapter=3e-3)
+                       learning_rate_adapter=3e-3, kl_weight=1.0, retention_tolerance=0.005)
     last = {}
     trainer = StageATrainer(
         model, train_loader, val_loader, cfg, progress=False, max_new_tokens=2, accelerator=accelerator,

@@ -1,0 +1,66 @@
+"""The deployment budget gate: what inference runs before touching audio.
+
+A tiny classifier (one hidden layer, or multinomial logistic regression with hidden_dim=0) from the pre-audio state
+to a token budget, distilled from the Stage B policy by Stage C (`safe.training.stage_c.distill_gate`).
+`audio_probability` = P(budget > 0) is "the gate value" in [0, 1]. Not to be confused with the fusion block's gate
+(`safe.models.fusion_adapter`), which scales how much the audio tokens change a decoder layer's output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from safe.models.policy import BudgetClassifier, load_module_dir, save_module_dir
+
+
+class BudgetGate(BudgetClassifier):
+    """state (B, S) -> logits over budgets (B, A); same input normalisation as the policy.
+
+    hidden_dim > 0: Linear -> Tanh -> Linear; hidden_dim = 0: a single Linear (logistic regression).
+    """
+
+    kind = "deployment_gate"
+
+    def __init__(self, state_feature_dim: int, token_budgets: Sequence[int] = (0, 4, 8, 12),
+                 hidden_dim: int = 32) -> None:
+        super().__init__(state_feature_dim, token_budgets)
+        if int(hidden_dim) < 0:
+            raise ValueError(f"hidden_dim must be >= 0 (0 = logistic regression), got {hidden_dim}")
+        self.hidden_dim = int(hidden_dim)
+        if self.hidden_dim == 0:
+            self.net = nn.Linear(self.state_feature_dim, self.num_actions)
+        else:
+            self.net = nn.Sequential(nn.Linear(self.state_feature_dim, self.hidden_dim), nn.Tanh(),
+                                     nn.Linear(self.hidden_dim, self.num_actions))
+
+    @torch.no_grad()
+    def predict_budget(self, states: Any, action_mask: Any = None) -> torch.Tensor:
+        """Budget VALUES (B,) the gate chooses (argmax)."""
+        return self.get_actions(states, deterministic=True, action_mask=action_mask)
+
+    @torch.no_grad()
+    def audio_probability(self, states: Any, action_mask: Any = None) -> torch.Tensor:
+        """P(budget > 0) (B,): the gate value in [0, 1]."""
+        return self.action_probs(states, action_mask)[:, 1:].sum(dim=-1)
+
+
+
+def save_gate(gate: BudgetGate, path: str | Path) -> Path:
+    """Save the gate to the folder `path` (safetensors weights incl. normaliser + json config, atomic per file)."""
+    return save_module_dir(gate, path)
+
+
+def load_gate(path: str | Path, map_location: str | torch.device = "cpu") -> BudgetGate:
+    """Load a gate saved by `save_gate`; returned in eval mode."""
+    return load_module_dir(path, BudgetGate, map_location)
+
+
+def gate_actions_on(gate: BudgetGate, states: Any, action_mask: Any = None) -> np.ndarray:
+    """Budget indices (N,) as numpy, e.g. to score the gate with `safe.rl.reward.evaluate_actions`."""
+    with torch.no_grad():
+        return gate.get_action_indices(states, deterministic=True, action_mask=action_mask).cpu().numpy()
