@@ -50,8 +50,7 @@ def main() -> None:
         base.to(accelerator.device)  # the trainable parts are built on the base's device
         if cfg.model.activation_checkpointing:
             base.enable_activation_checkpointing()
-        # Seeded: the projector's and adapters' initial weights (and any dropout) are the same in every run; unseeded,
-        # three demo runs of the same code reached 0.911, 0.893 and 0.885 validation audio accuracy.
+        # Seeded: the projector's and adapters' initial weights are the same in every run (docs/EXPERIMENTS.md#seeded-stages).
         torch.manual_seed(cfg.stage_a.seed)
         model = SAFEModel(base, SAFEArchitecture.from_config(cfg.model, store.embed_dim))
         tracker.log_metrics(model.trainable_summary())

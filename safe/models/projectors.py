@@ -17,10 +17,8 @@ class AudioProjector(nn.Module):
 
     A sequence input is mean-pooled over its valid frames first (pass `mask` for padded batches). The pooled vector
     is standardised with a per-feature mean/std fitted on the training clips (`fit_feature_stats`, buffers saved with
-    the weights). Why: pooled encoder outputs share a large common component (on the demo's Whisper features, 82% of
-    each vector's energy is the mean over clips; after a LayerNorm two clips still have cosine 0.82), which leaves
-    the projector only small differences to learn from. Standardised, demo Stage A reached 0.54 audio accuracy after
-    600 unconstrained steps (learning rate 1e-3) where raw features gave 0.35.
+    the weights). Why: pooled encoder outputs share a large common component, which leaves the projector only small
+    differences to learn from (docs/EXPERIMENTS.md#projector-standardisation).
     """
 
     def __init__(self, audio_embed_dim: int, llm_hidden_size: int, num_audio_tokens: int, hidden_dim: int | None = None):
