@@ -22,10 +22,14 @@ from safe.io import write_text_atomic
 
 OUT = Path("docs/results.md")
 SEEDS = Path("benchmarks/results_seeds.jsonl")
-CRITERIA_ROWS = (("retention_drop", "retention_drop_upper", "VL retention drop (≤ 0.005)"),
-                 ("audio_gain", "audio_gain_lower", "audio-dependent gain (≥ 0.05)"),
-                 ("skip_rate", None, "skip rate, examples with a clip ([0.40, 0.70])"),
-                 ("irrelevant_flip_rate", "irrelevant_flip_rate_upper", "answers changed by an irrelevant clip (≤ 0.01)"))
+CRITERIA_LABELS = {"retention_drop": "VL retention drop", "audio_gain": "audio-dependent gain",
+                   "skip_rate": "skip rate, examples with a clip",
+                   "irrelevant_flip_rate": "answers changed by an irrelevant clip (deployed gate)",
+                   "forced_flip_rate": "VL answers changed, budget forced on, worst wrong clip"}
+STAGE_A_ROWS = (("audio_acc_safe", "validation audio-dependent accuracy, largest budget"),
+                ("vl_flip_rate", "validation VL answers changed, a clip fused into every VL question"),
+                ("fisher_coverage", "share of trainable tensors the Fisher penalty sees"),
+                ("trainable_fraction", "trainable share of the SAFE model"))
 EXTRA_ROWS = (("skip_rate_all", "skip rate, all examples"), ("audio_needed_skip_rate", "audio-dependent questions skipped"),
               ("oracle_gap", "oracle gap (oracle − deployed accuracy)"),
               ("forced_flip_rate_distractor", "VL answers changed, budget forced on, distractor clip"),
@@ -53,20 +57,45 @@ def run_section(profile: str) -> list[str]:
              f"Commit {_commit()}, machine {platform.node()} ({os.cpu_count()} cores, {platform.machine()}), "
              f"evaluated {stamp}; {metrics['n_test']} test examples. Decision: **{promotion['decision']}** "
              f"(v{promotion['version']}" + (f", failed: {', '.join(promotion['failed'])}" if promotion["failed"] else "")
-             + ").", "", "| criterion | value | 95% bound | n | passed |", "| --- | --- | --- | --- | --- |"]
-    for name, bound, label in CRITERIA_ROWS:
-        c = promotion["criteria"][name]
-        lines.append(f"| {label} | {_fmt(metrics.get(name))} | {_fmt(metrics.get(bound)) if bound else '—'} | "
-                     f"{c.get('n', 'n/a')} | {'yes' if c['passed'] else 'no'} |")
+             + ").", "", "| criterion | value | 95% bound | n | threshold | gated on | passed |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, c in promotion["criteria"].items():
+        threshold = c["threshold"]
+        threshold = f"[{threshold[0]:.2f}, {threshold[1]:.2f}]" if isinstance(threshold, list) else f"{threshold:g}"
+        lines.append(f"| {CRITERIA_LABELS.get(name, name)} | {_fmt(c.get('value'))} | {_fmt(c.get('bound'))} | "
+                     f"{c.get('n', 'n/a')} | {threshold} | {c.get('gated_on', 'value')} | "
+                     f"{'yes' if c['passed'] else 'no'} |")
     lines += ["", "| other measure | value |", "| --- | --- |"]
     lines += [f"| {label} | {_fmt(metrics.get(key))} |" for key, label in EXTRA_ROWS]
     lines += ["", "| latency per example (ms) | median | mean | p90 |", "| --- | --- | --- | --- |"]
     for label, path in (("deployed gate", "policy"), ("always audio", "always_audio"), ("base VL", "base")):
         lines.append(f"| {label} | " + " | ".join(_fmt(metrics.get(f"latency_ms_{path}{s}")) for s in ("", "_mean", "_p90"))
                      + " |")
+    lines += mechanisms_lines()
     stage_files = sorted(METRICS.glob("*.json"))
     if stage_files:
         lines += ["", "Stage metrics of that run: " + ", ".join(f"`{p.as_posix()}`" for p in stage_files) + "."]
+    return lines
+
+
+def mechanisms_lines() -> list[str]:
+    """Stage A's validation numbers and test accuracy at each fixed budget (when the run's files are here)."""
+    lines = []
+    stage_a = METRICS / "stage_a.json"
+    if stage_a.is_file():
+        values = json.loads(stage_a.read_text())
+        lines += ["", "| Stage A (validation, best checkpoint) | value |", "| --- | --- |"]
+        lines += [f"| {label} | {_fmt(values.get(key))} |" for key, label in STAGE_A_ROWS]
+    details = EVAL / "details.json"
+    if details.is_file():
+        curve = json.loads(details.read_text()).get("accuracy_vs_budget", {})
+        budgets = sorted({int(b) for rows in curve.values() for b in rows})
+        if budgets:
+            lines += ["", "| test accuracy at a fixed budget | " + " | ".join(str(b) for b in budgets) + " |",
+                      "| --- |" + " --- |" * len(budgets)]
+            for kind, label in (("audio", "audio-dependent questions"), ("vl", "VL-only questions")):
+                if kind in curve:
+                    lines.append(f"| {label} | " + " | ".join(_fmt(curve[kind].get(str(b))) for b in budgets) + " |")
     return lines
 
 

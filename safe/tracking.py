@@ -449,7 +449,8 @@ class PromotionResult:
             return None if isinstance(value, float) and not math.isfinite(value) else value
 
         criteria = {name: {"value": clean(c["value"]), "bound": clean(c.get("bound")), "n": c.get("n"),
-                           "threshold": c["threshold"], "passed": bool(c["passed"])}
+                           "threshold": c["threshold"], "gated_on": c.get("gated_on", "value"),
+                           "passed": bool(c["passed"])}
                     for name, c in self.criteria.items()}
         return {"decision": self.decision, "model_name": self.model_name, "version": str(self.version),
                 "criteria": criteria, "failed": list(self.failed), "lineage": dict(self.lineage),

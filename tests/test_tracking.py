@@ -151,7 +151,7 @@ def test_all_criteria_pass_makes_champion_and_promotion_json(project, bundle):
     assert doc["lineage"]["safe.profile"] == "tiny" and doc["compared_with"]["reason"] == "no champion yet"
     assert doc["model_name"] == "safe-audio-vl" and doc["decision"] == "champion" and doc["failed"] == []
     assert set(doc["criteria"]) == set(CRITERIA)
-    assert all(set(c) == {"value", "bound", "n", "threshold", "passed"} and c["passed"]
+    assert all(set(c) == {"value", "bound", "n", "threshold", "gated_on", "passed"} and c["passed"]
                for c in doc["criteria"].values())
     assert doc["criteria"]["skip_rate"]["threshold"] == [0.4, 0.7]
     version = tracking.client().get_model_version(tracking.MODEL_NAME, "1")

@@ -42,6 +42,8 @@ def test_results_md_reports_the_run_and_the_newest_seeds_record(tmp_path, monkey
 
     text = (tmp_path / "docs/results.md").read_text()
     assert "Decision: **rejected** (v3, failed: skip_rate)" in text
-    assert f"| {metrics['audio_gain']:.4f} | {metrics['audio_gain_lower']:.4f} | {metrics['n_audio']} | yes |" in text
+    assert (f"| audio-dependent gain | {metrics['audio_gain']:.4f} | {metrics['audio_gain_lower']:.4f} | "
+            f"{metrics['n_audio']} | 0.05 | bound | yes |") in text
+    assert "| VL answers changed, budget forced on, worst wrong clip | n/a | n/a |" in text  # no probe columns
     assert "commit new" in text and "**1 of 2 seeds promoted**" in text and "commit old" not in text
     assert f"| deployed gate | {metrics['latency_ms_policy']:.4f} |" in text
