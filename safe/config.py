@@ -43,7 +43,13 @@ class DataConfig:
     manifest: str | None = None
     """Path of an existing manifest when source is `manifest`."""
     size: int = 600
-    """Total number of synthetic examples (split 70/15/15 into train/val/test)."""
+    """Number of synthetic examples, split 70/15/15 into train/val/test (val_size / test_size replace the 15%)."""
+    val_size: int | None = None
+    """Validation examples; null: 15% of `size`. Sized apart from training (which stays 70% of `size`, its examples
+    unchanged), so the bounds computed on validation can be tight without a larger training set."""
+    test_size: int | None = None
+    """Test examples; null: 15% of `size`. A 95% upper bound of 1% on the irrelevant-flip rate needs about 300
+    distractor rows with no flip (25% of test is `vl_distractor`)."""
     seed: int = 0
     """Seed of the synthetic generator; the same seed gives byte-identical data."""
     image_size: int = 32
@@ -80,6 +86,9 @@ class DataConfig:
         _check(self.source in ("synth", "manifest"), f"data.source must be synth or manifest, got {self.source!r}")
         _check(self.source != "manifest" or bool(self.manifest), "data.manifest is required when data.source is manifest")
         _check(self.size >= 20, f"data.size must be >= 20, got {self.size}")
+        for name in ("val_size", "test_size"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"data.{name} must be null or an integer >= 1, got {value}")
         _check(self.on_error in ("raise", "skip"), f"data.on_error must be raise or skip, got {self.on_error!r}")
         _check(8 <= self.image_size <= 1024, f"data.image_size out of range: {self.image_size}")
         if self.sample_rates is not None:
@@ -380,7 +389,8 @@ def _between(lo: float, hi: float, kind: str = "a number", open_hi: bool = False
 _COUNT, _NONNEG_INT, _POS_NUM, _NONNEG_NUM, _SHARE = (_at_least(1), _at_least(0), _above(0), _at_least(0, "a number"),
                                                       _between(0, 1))
 RANGES: dict[str, _Rule] = {
-    "data.size": _at_least(20), "data.seed": _NONNEG_INT, "data.image_size": _between(8, 1024, "an integer"),
+    "data.size": _at_least(20), "data.val_size": _COUNT, "data.test_size": _COUNT, "data.seed": _NONNEG_INT,
+    "data.image_size": _between(8, 1024, "an integer"),
     "data.clip_seconds": _POS_NUM, "data.max_audio_seconds": _POS_NUM, "data.family_tolerance": _SHARE,
     "data.min_audio_seconds": _NONNEG_NUM, "data.max_clip_seconds": _POS_NUM, "data.min_answer_coverage": _SHARE,
     **{f"model.{k}": _COUNT for k in ("vision_hidden", "vision_layers", "vision_heads", "patch_size", "text_hidden",

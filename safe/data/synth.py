@@ -158,11 +158,22 @@ def _largest_remainder(total: int, shares: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def split_sizes(total: int) -> dict[str, int]:
-    """70/15/15 train/val/test sizes summing to `total`."""
+def split_sizes(total: int, val_size: int | None = None, test_size: int | None = None) -> dict[str, int]:
+    """train/val/test sizes: 70/15/15 of `total`, with validation and/or test replaced by `val_size` / `test_size`.
+
+    The training split is always 70% of `total`, and examples are numbered train first (`_family_plan`), so a
+    larger validation or test split only adds examples with fresh indices: every training example stays
+    byte-identical. With an override the sizes no longer sum to `total`.
+    """
     if not isinstance(total, int) or total < 1:
         raise ValueError(f"total must be a positive integer, got {total!r}")
-    return _largest_remainder(total, SPLIT_SHARES)
+    sizes = _largest_remainder(total, SPLIT_SHARES)
+    for split, size in (("val", val_size), ("test", test_size)):
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise ValueError(f"{split}_size must be a positive integer or None, got {size!r}")
+            sizes[split] = size
+    return sizes
 
 
 # ----------------------------------------------------------------------------------------------- images

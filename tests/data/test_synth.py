@@ -68,6 +68,44 @@ def test_split_sizes():
         synth.split_sizes(0)
 
 
+def test_split_sizes_with_val_and_test_set_apart_from_train():
+    assert synth.split_sizes(4000, test_size=2000) == {"train": 2800, "val": 600, "test": 2000}
+    assert synth.split_sizes(4000, 900, 1500) == {"train": 2800, "val": 900, "test": 1500}
+    assert synth.split_sizes(100, None, None) == synth.split_sizes(100)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="test_size"):
+            synth.split_sizes(100, test_size=bad)
+
+
+def test_larger_val_and_test_splits_leave_train_examples_unchanged(tmp_path):
+    _sounds_or_skip()
+    small = {"train": 30, "val": 8, "test": 8}
+    a = synth.generate_benchmark(tmp_path / "a", small, seed=4, progress=False)
+    b = synth.generate_benchmark(tmp_path / "b", {**small, "test": 20}, seed=4, progress=False)
+    c = synth.generate_benchmark(tmp_path / "c", {**small, "val": 15}, seed=4, progress=False)
+    ra, rb, rc = read_manifest(a), read_manifest(b), read_manifest(c)
+    files_a, files_b, files_c = _all_files(a.parent), _all_files(b.parent), _all_files(c.parent)
+    for other, files in ((rb, files_b), (rc, files_c)):
+        assert other.by_split("train") == ra.by_split("train")
+        assert all(files[m] == files_a[m] for r in ra.by_split("train") for m in (r.image, r.audio) if m)
+    assert rb.by_split("val") == ra.by_split("val") and len(rb.by_split("test")) == 20
+    assert len(rc.by_split("val")) == 15
+    # extra test examples are new indices after every train and val example
+    assert min(r.id for r in rb.by_split("test")) > max(r.id for r in rb.by_split("val"))
+
+
+def test_config_sets_val_and_test_sizes():
+    from safe.config import ConfigError, build_config
+
+    data = build_config({"profile": "tiny"}).data
+    assert data.val_size is None and data.test_size is None
+    data = build_config({"profile": "tiny", "data": {"val_size": 300, "test_size": 1200}}).data
+    assert synth.split_sizes(data.size, data.val_size, data.test_size) == {"train": 280, "val": 300, "test": 1200}
+    for key in ("val_size", "test_size"):
+        with pytest.raises(ConfigError, match=f"data.{key}"):
+            build_config({"profile": "tiny", "data": {key: 0}})
+
+
 def test_split_sizes_and_family_mix(bench):
     for split, n in SIZES.items():
         records = bench.by_split(split)
