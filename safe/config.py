@@ -283,7 +283,7 @@ class StageBConfig:
     lr: float = 3e-3
     entropy_coef: float = 0.01
     alpha: float = 0.1
-    """Weight of the latency cost (budget / max budget)."""
+    """Weight of the latency cost of the chosen budget, in [0, 1] (measured before training: latency_timing)."""
     gamma: float = 3.0
     """Weight of the irrelevance penalty (audio changed the answer of a question that does not need audio)."""
     retention_tolerance: float = 0.005
@@ -294,11 +294,30 @@ class StageBConfig:
     by `<unk>`, with the outcomes the model really gives them: what a rephrased question looks like to a word-level
     tokenizer (safe/training/augment.py). On for the offline profiles (tiny, demo), whose word-level tokenizer turns
     every new word into `<unk>`; 0 (no copy) for pretrained subword tokenizers, which never do."""
+    latency_timing: str = "waveforms"
+    """How the per-budget latency cost of the reward is found before training, on this machine: `waveforms` times the
+    base answer and, per budget, the audio encoder on the clip + the fused generate (falls back to cached_features,
+    saying so in stage_b.json, when the clips cannot be read); `cached_features` times the fused generate on the
+    cached encoder features (no encoder time); `budgets` times nothing and uses budget / max budget. Costs are
+    (t_k - t_0) / (t_max - t_0) rounded to 0.05 (safe.training.stage_b.COST_STEP: timing noise must not change them)."""
+    latency_examples: int = 16
+    """Validation examples with a clip that are timed (each once per budget, after one untimed warm-up)."""
+    latency_cost: tuple[float, ...] | None = None
+    """One cost per model.token_budgets entry, e.g. [0, 0.9, 0.95, 1] measured on a deployment target that differs
+    from the training machine; replaces the timing (stage_b.json then says `params`). null: measure."""
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.unknown_word_rate < 1.0,
                f"stage_b.unknown_word_rate must be in [0, 1), got {self.unknown_word_rate}")
+        _check(self.latency_timing in ("waveforms", "cached_features", "budgets"),
+               f"stage_b.latency_timing must be waveforms, cached_features or budgets, got {self.latency_timing!r}")
+        if self.latency_cost is not None:
+            cost = self.latency_cost
+            _check(isinstance(cost, (list, tuple)) and len(cost) > 0 and all(
+                isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c >= 0 for c in cost),
+                f"stage_b.latency_cost must be null or a list of numbers >= 0 (one per token budget), got {cost!r}")
+            object.__setattr__(self, "latency_cost", tuple(float(c) for c in cost))
 
 
 @dataclass(frozen=True)
@@ -412,6 +431,7 @@ RANGES: dict[str, _Rule] = {
     "stage_b.alpha": _NONNEG_NUM, "stage_b.gamma": _NONNEG_NUM, "stage_b.retention_tolerance": _SHARE,
     "stage_b.lagrange_lr": _NONNEG_NUM, "stage_b.hidden_dim": _COUNT,
     "stage_b.unknown_word_rate": _between(0, 1, open_hi=True), "stage_b.seed": _NONNEG_INT,
+    "stage_b.latency_examples": _COUNT,
     "stage_c.epochs": _COUNT, "stage_c.lr": _POS_NUM, "stage_c.hidden_dim": _NONNEG_INT, "stage_c.seed": _NONNEG_INT,
     "evaluate.bootstrap": _COUNT, "evaluate.latency_examples": _COUNT, "evaluate.max_new_tokens": _COUNT,
     "evaluate.batch_size": _COUNT, "evaluate.seed": _NONNEG_INT,
