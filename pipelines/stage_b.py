@@ -115,7 +115,9 @@ def main() -> None:
             # Stage C distils the gate on the rows the policy was fitted on and checks it on the held-out ones.
             fit.save(tmp / "outcomes_train.npz")
             select.save(tmp / "outcomes_val.npz")
-            write_json_atomic(tmp / "budget_costs.json", costs.to_json())  # the reward's costs, for later stages
+            # The costs the reward used, for later stages (no milliseconds: this folder must repeat bit for bit)
+            write_json_atomic(tmp / "budget_costs.json", {k: v for k, v in costs.to_json().items()
+                                                          if k not in ("budget_costs_ms", "budget_costs_fit")})
         cost_json = costs.to_json()
         tracker.log_metrics({**metrics, **{f"budget_cost_{b}": c for b, c in cost_json["budget_costs"].items()},
                              **{f"budget_cost_ms_{b}": m for b, m in (cost_json["budget_costs_ms"] or {}).items()}})
