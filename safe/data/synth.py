@@ -22,7 +22,8 @@ gives byte-identical files on the same machine.
 Paraphrases: every question template has several training phrasings and two disjoint held-out pools
 (`Phrasings`): one only validation questions use, one only test questions use (HELDOUT_SHARE of each split's
 questions; `extras.paraphrase_heldout` says which). So every selection made on validation (early stopping, the
-Stage B checkpoint, defaults) already sees questions phrased in words training never used, without looking at test.
+Stage B checkpoint, defaults) already sees questions phrased as training never phrased them (10 of the 11 validation
+phrasings, like 10 of the 11 test ones, have a word no training question has), without looking at test.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ SPEECH_WORDS = ("apple", "river", "window", "garden", "rocket", "pencil", "docto
 SPEECH_VOICES = (("en-us", 140, 40), ("en-us", 175, 65), ("en-gb", 150, 55), ("en-gb", 185, 35))
 """espeak-ng (voice, words per minute, pitch 0-99) variants; each word is synthesised once per variant."""
 SILENT_ANSWER = "none"
+
 
 class Phrasings(NamedTuple):
     """The phrasings of one question template, in three disjoint pools."""
