@@ -25,8 +25,8 @@ def main() -> None:
           atomic_dir(docs) as docs_tmp):
         if cfg.data.source == "synth":
             manifest_path = generate_benchmark(
-                tmp, sizes=split_sizes(cfg.data.size), seed=cfg.data.seed, image_size=cfg.data.image_size,
-                clip_seconds=cfg.data.clip_seconds, speech=cfg.data.speech,
+                tmp, sizes=split_sizes(cfg.data.size, cfg.data.val_size, cfg.data.test_size), seed=cfg.data.seed,
+                image_size=cfg.data.image_size, clip_seconds=cfg.data.clip_seconds, speech=cfg.data.speech,
             )
             proportions = FAMILY_MIX
         else:  # an ingested manifest: copy it with media paths made absolute

@@ -45,7 +45,13 @@ class DataConfig:
     manifest: str | None = None
     """Path of an existing manifest when source is `manifest`."""
     size: int = 600
-    """Total number of synthetic examples (split 70/15/15 into train/val/test)."""
+    """Number of synthetic examples, split 70/15/15 into train/val/test (val_size / test_size replace the 15%)."""
+    val_size: int | None = None
+    """Validation examples; null: 15% of `size`. Sized apart from training (which stays 70% of `size`, its examples
+    unchanged), so the bounds computed on validation can be tight without a larger training set."""
+    test_size: int | None = None
+    """Test examples; null: 15% of `size`. A 95% upper bound of 1% on the irrelevant-flip rate needs about 300
+    distractor rows with no flip (25% of test is `vl_distractor`)."""
     seed: int = 0
     """Seed of the synthetic generator; the same seed gives byte-identical data."""
     image_size: int = 32
@@ -82,6 +88,9 @@ class DataConfig:
         _check(self.source in ("synth", "manifest"), f"data.source must be synth or manifest, got {self.source!r}")
         _check(self.source != "manifest" or bool(self.manifest), "data.manifest is required when data.source is manifest")
         _check(self.size >= 20, f"data.size must be >= 20, got {self.size}")
+        for name in ("val_size", "test_size"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"data.{name} must be null or an integer >= 1, got {value}")
         _check(self.on_error in ("raise", "skip"), f"data.on_error must be raise or skip, got {self.on_error!r}")
         _check(8 <= self.image_size <= 1024, f"data.image_size out of range: {self.image_size}")
         if self.sample_rates is not None:
@@ -293,7 +302,7 @@ class StageBConfig:
     lr: float = 3e-3
     entropy_coef: float = 0.01
     alpha: float = 0.1
-    """Weight of the latency cost (budget / max budget)."""
+    """Weight of the latency cost of the chosen budget, in [0, 1] (measured before training: latency_timing)."""
     gamma: float = 3.0
     """Weight of the irrelevance penalty (audio changed the answer of a question that does not need audio)."""
     retention_tolerance: float = 0.005
@@ -304,11 +313,30 @@ class StageBConfig:
     by `<unk>`, with the outcomes the model really gives them: what a rephrased question looks like to a word-level
     tokenizer (safe/training/augment.py). On for the offline profiles (tiny, demo), whose word-level tokenizer turns
     every new word into `<unk>`; 0 (no copy) for pretrained subword tokenizers, which never do."""
+    latency_timing: str = "waveforms"
+    """How the per-budget latency cost of the reward is found before training, on this machine: `waveforms` times the
+    base answer and, per budget, the audio encoder on the clip + the fused generate (falls back to cached_features,
+    saying so in stage_b.json, when the clips cannot be read); `cached_features` times the fused generate on the
+    cached encoder features (no encoder time); `budgets` times nothing and uses budget / max budget. Costs are
+    (t_k - t_0) / (t_max - t_0) rounded to 0.05 (safe.training.stage_b.COST_STEP: timing noise must not change them)."""
+    latency_examples: int = 16
+    """Validation examples with a clip that are timed (each once per budget, after one untimed warm-up)."""
+    latency_cost: tuple[float, ...] | None = None
+    """One cost per model.token_budgets entry, e.g. [0, 0.9, 0.95, 1] measured on a deployment target that differs
+    from the training machine; replaces the timing (stage_b.json then says `params`). null: measure."""
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.unknown_word_rate < 1.0,
                f"stage_b.unknown_word_rate must be in [0, 1), got {self.unknown_word_rate}")
+        _check(self.latency_timing in ("waveforms", "cached_features", "budgets"),
+               f"stage_b.latency_timing must be waveforms, cached_features or budgets, got {self.latency_timing!r}")
+        if self.latency_cost is not None:
+            cost = self.latency_cost
+            _check(isinstance(cost, (list, tuple)) and len(cost) > 0 and all(
+                isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c >= 0 for c in cost),
+                f"stage_b.latency_cost must be null or a list of numbers >= 0 (one per token budget), got {cost!r}")
+            object.__setattr__(self, "latency_cost", tuple(float(c) for c in cost))
 
 
 @dataclass(frozen=True)
@@ -400,7 +428,8 @@ def _between(lo: float, hi: float, kind: str = "a number", open_hi: bool = False
 _COUNT, _NONNEG_INT, _POS_NUM, _NONNEG_NUM, _SHARE = (_at_least(1), _at_least(0), _above(0), _at_least(0, "a number"),
                                                       _between(0, 1))
 RANGES: dict[str, _Rule] = {
-    "data.size": _at_least(20), "data.seed": _NONNEG_INT, "data.image_size": _between(8, 1024, "an integer"),
+    "data.size": _at_least(20), "data.val_size": _COUNT, "data.test_size": _COUNT, "data.seed": _NONNEG_INT,
+    "data.image_size": _between(8, 1024, "an integer"),
     "data.clip_seconds": _POS_NUM, "data.max_audio_seconds": _POS_NUM, "data.family_tolerance": _SHARE,
     "data.min_audio_seconds": _NONNEG_NUM, "data.max_clip_seconds": _POS_NUM, "data.min_answer_coverage": _SHARE,
     **{f"model.{k}": _COUNT for k in ("vision_hidden", "vision_layers", "vision_heads", "patch_size", "text_hidden",
@@ -423,6 +452,7 @@ RANGES: dict[str, _Rule] = {
     "stage_b.alpha": _NONNEG_NUM, "stage_b.gamma": _NONNEG_NUM, "stage_b.retention_tolerance": _SHARE,
     "stage_b.lagrange_lr": _NONNEG_NUM, "stage_b.hidden_dim": _COUNT,
     "stage_b.unknown_word_rate": _between(0, 1, open_hi=True), "stage_b.seed": _NONNEG_INT,
+    "stage_b.latency_examples": _COUNT,
     "stage_c.epochs": _COUNT, "stage_c.lr": _POS_NUM, "stage_c.hidden_dim": _NONNEG_INT, "stage_c.seed": _NONNEG_INT,
     "evaluate.bootstrap": _COUNT, "evaluate.latency_examples": _COUNT, "evaluate.max_new_tokens": _COUNT,
     "evaluate.batch_size": _COUNT, "evaluate.seed": _NONNEG_INT,

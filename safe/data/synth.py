@@ -19,8 +19,11 @@ process scheduling. Media are written as 16-bit PCM WAV and metadata-free PNG, a
 libsndfile/mpg123 (deterministic) and espeak-ng output is cached per (word, voice) variant, so the same seed
 gives byte-identical files on the same machine.
 
-Paraphrases: every question template has several phrasings for train/val and at least one held-out
-phrasing that only appears in test (half of test questions use one; `extras.paraphrase_heldout` says which).
+Paraphrases: every question template has several training phrasings and two disjoint held-out pools
+(`Phrasings`): one only validation questions use, one only test questions use (HELDOUT_SHARE of each split's
+questions; `extras.paraphrase_heldout` says which). So every selection made on validation (early stopping, the
+Stage B checkpoint, defaults) already sees questions phrased as training never phrased them (10 of the 11 validation
+phrasings, like 10 of the 11 test ones, have a word no training question has), without looking at test.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -51,7 +54,8 @@ FAMILY_MIX = {"vl": 0.30, "vl_distractor": 0.25, "audio": 0.25, "audio_visual": 
 FAMILIES = tuple(FAMILY_MIX)
 SPLIT_SHARES = {"train": 0.70, "val": 0.15, "test": 0.15}
 HELDOUT_SHARE = 0.5
-"""Share of test questions phrased with a held-out paraphrase."""
+"""Share of validation questions phrased with a validation-only paraphrase, and of test questions with a test-only
+one (`Phrasings`)."""
 
 SHAPES = ("circle", "square", "triangle")
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 230), "yellow": (240, 210, 30)}
@@ -62,50 +66,73 @@ SPEECH_VOICES = (("en-us", 140, 40), ("en-us", 175, 65), ("en-gb", 150, 55), ("e
 """espeak-ng (voice, words per minute, pitch 0-99) variants; each word is synthesised once per variant."""
 SILENT_ANSWER = "none"
 
-# template -> (train/val phrasings, held-out test phrasings). Slots: {shape} {color} {a_animal} ("an owl").
-TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "count_shapes": (
+
+class Phrasings(NamedTuple):
+    """The phrasings of one question template, in three disjoint pools."""
+
+    train: tuple[str, ...]
+    """Every training question, and the rest of the validation and test questions."""
+    val: tuple[str, ...]
+    """Held out from training and test: only validation questions use them (HELDOUT_SHARE of them)."""
+    test: tuple[str, ...]
+    """Held out from training and validation: only test questions use them (HELDOUT_SHARE of them)."""
+
+
+# Slots: {shape} {color} {a_animal} ("an owl").
+TEMPLATES: dict[str, Phrasings] = {
+    "count_shapes": Phrasings(
         ("how many shapes are there?", "how many shapes do you see?", "count the shapes in the picture."),
+        ("how many shapes does the image show?",),
         ("what is the number of shapes in the image?",),
     ),
-    "color_of_shape": (
+    "color_of_shape": Phrasings(
         ("what color is the {shape}?", "which color does the {shape} have?"),
+        ("what is the color of the {shape}?",),
         ("the {shape} is painted in which color?",),
     ),
-    "shape_of_color": (
+    "shape_of_color": Phrasings(
         ("what shape is {color}?", "which shape is {color}?"),
+        ("what is the shape of the {color} object?",),
         ("the {color} object has which shape?",),
     ),
-    "exists_color_shape": (
+    "exists_color_shape": Phrasings(
         ("is there a {color} {shape}?", "do you see a {color} {shape}?"),
+        ("can you find a {color} {shape} in the image?",),
         ("does the picture contain a {color} {shape}?",),
     ),
-    "animal": (
+    "animal": Phrasings(
         ("what animal do you hear?", "which animal is making this sound?"),
+        ("what kind of animal makes the noise in this clip?",),
         ("what creature can be heard in the recording?",),
     ),
-    "count_beeps": (
+    "count_beeps": Phrasings(
         ("how many beeps do you hear?", "how many beeps are there?"),
+        ("what is the number of beeps in the clip?",),
         ("count the beeps in the audio.",),
     ),
-    "tone_pitch": (
+    "tone_pitch": Phrasings(
         ("is the tone high or low?", "is the pitch of the tone high or low?"),
+        ("is this a high tone or a low one?",),
         ("does the tone sound high or low?",),
     ),
-    "sweep_direction": (
+    "sweep_direction": Phrasings(
         ("is the sound rising or falling?", "is the pitch rising or falling?"),
+        ("is the frequency of the sound rising or falling over time?",),
         ("does the sweep go rising or falling in pitch?",),
     ),
-    "spoken_word": (
+    "spoken_word": Phrasings(
         ("what word is spoken?", "which word do you hear?"),
+        ("which word is being said?",),
         ("what word does the voice say?",),
     ),
-    "beeps_match_shapes": (
+    "beeps_match_shapes": Phrasings(
         ("does the number of beeps match the number of shapes?", "are there as many beeps as shapes?"),
+        ("is the number of beeps the same as the number of shapes?",),
         ("is the beep count equal to the shape count?",),
     ),
-    "color_and_animal": (
+    "color_and_animal": Phrasings(
         ("is there a {color} shape and do you hear {a_animal}?", "do you see a {color} shape and hear {a_animal}?"),
+        ("does the image show a {color} shape while the clip has {a_animal} in it?",),
         ("is a {color} shape visible while {a_animal} can be heard?",),
     ),
 }
@@ -133,11 +160,22 @@ def _largest_remainder(total: int, shares: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def split_sizes(total: int) -> dict[str, int]:
-    """70/15/15 train/val/test sizes summing to `total`."""
+def split_sizes(total: int, val_size: int | None = None, test_size: int | None = None) -> dict[str, int]:
+    """train/val/test sizes: 70/15/15 of `total`, with validation and/or test replaced by `val_size` / `test_size`.
+
+    The training split is always 70% of `total`, and examples are numbered train first (`_family_plan`), so a
+    larger validation or test split only adds examples with fresh indices: every training example stays
+    byte-identical. With an override the sizes no longer sum to `total`.
+    """
     if not isinstance(total, int) or total < 1:
         raise ValueError(f"total must be a positive integer, got {total!r}")
-    return _largest_remainder(total, SPLIT_SHARES)
+    sizes = _largest_remainder(total, SPLIT_SHARES)
+    for split, size in (("val", val_size), ("test", test_size)):
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise ValueError(f"{split}_size must be a positive integer or None, got {size!r}")
+            sizes[split] = size
+    return sizes
 
 
 # ----------------------------------------------------------------------------------------------- images
@@ -335,10 +373,21 @@ def _random_audio(rng: np.random.Generator, kind: str, n: int) -> tuple[np.ndarr
 # ----------------------------------------------------------------------------------------------- questions
 
 
+def phrasing_pool(template: str, split: str, heldout: bool) -> tuple[str, ...]:
+    """The phrasings a question of `split` was drawn from: the split's held-out pool, or the training pool."""
+    phrasings = TEMPLATES[template]
+    if not heldout:
+        return phrasings.train
+    if split not in ("val", "test"):
+        raise ValueError(f"only val and test questions use held-out phrasings, got split {split!r}")
+    return getattr(phrasings, split)
+
+
 def _phrase(rng: np.random.Generator, template: str, split: str, **slots: str) -> tuple[str, dict[str, Any]]:
-    seen, heldout = TEMPLATES[template]
-    use_heldout = split == "test" and rng.random() < HELDOUT_SHARE
-    pool = heldout if use_heldout else seen
+    # Training questions draw nothing for the held-out decision (short-circuit), so they do not depend on whether
+    # validation and test have held-out pools; test questions draw exactly as before validation had one.
+    use_heldout = split in ("val", "test") and rng.random() < HELDOUT_SHARE
+    pool = phrasing_pool(template, split, use_heldout)
     k = int(rng.integers(len(pool)))
     meta = {"template": template, "paraphrase": k, "paraphrase_heldout": bool(use_heldout)}
     return pool[k].format(**slots), meta
@@ -576,7 +625,7 @@ def derived_vl_questions(record, seed: int = 0) -> list[tuple[str, str]]:
         return []
     scene = [Obj(*reversed(s.split(" ", 1))) for s in shapes]  # "red circle" -> Obj(shape, color)
     rng = np.random.default_rng([seed, int.from_bytes(record.id.encode()[-6:], "little")])
-    phrase = lambda t, **slots: TEMPLATES[t][0][int(rng.integers(len(TEMPLATES[t][0])))].format(**slots)  # noqa: E731
+    phrase = lambda t, **slots: TEMPLATES[t].train[int(rng.integers(len(TEMPLATES[t].train)))].format(**slots)  # noqa: E731
     out = [(phrase("count_shapes"), NUMBER_WORDS[len(scene) - 1])]
     for shape in SHAPES:
         matches = [o for o in scene if o.shape == shape]

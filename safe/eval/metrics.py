@@ -23,7 +23,7 @@ LATENCY_PATHS = ("policy", "always_audio", "base")
 METRIC_KEYS = (
     "vl_acc_base", "vl_acc_safe", "retention_drop", "retention_drop_upper",
     "audio_acc_base", "audio_acc_safe", "audio_gain", "audio_gain_lower",
-    "skip_rate", "skip_rate_all", "audio_needed_skip_rate", "oracle_gap",
+    "skip_rate", "skip_rate_all", "audio_needed_skip_rate", "skip_rate_by_family", "oracle_gap",
     "irrelevant_flip_rate", "irrelevant_flip_rate_upper",
     "forced_flip_rate_distractor", "forced_flip_rate_silent", "forced_flip_rate_swapped",
     "forced_flip_rate_distractor_upper", "forced_flip_rate_silent_upper", "forced_flip_rate_swapped_upper",
@@ -32,7 +32,8 @@ METRIC_KEYS = (
     *(f"latency_ms_{path}{stat}" for path in LATENCY_PATHS for stat in ("", "_mean", "_p90")),
     "n_test", "n_vl", "n_audio", "n_with_audio", "n_irrelevant", "n_latency",
 )
-"""The keys of metrics.json, in order (the contract in ARCHITECTURE.md). `latency_ms_<path>` is the median."""
+"""The keys of metrics.json, in order (the contract in ARCHITECTURE.md). `latency_ms_<path>` is the median.
+Every value is a number except `skip_rate_by_family`, a {family: share} mapping."""
 
 CONFIDENCE = 0.95
 """One-sided confidence of the `_upper` / `_lower` bounds: the side a promotion gate must trust."""
@@ -188,10 +189,18 @@ def accuracy_by_family(df: pd.DataFrame, pred_col: str) -> dict[str, float]:
     return {str(f): float(v) for f, v in s.groupby(df["family"].astype(str)).mean().sort_index().items()}
 
 
-def skip_rate_by_family(df: pd.DataFrame) -> dict[str, float]:
-    """{family: share of rows whose deployed budget is 0}, families sorted by name."""
-    skipped = (df["budget"].astype(int) == 0).astype(float)
-    return {str(f): float(v) for f, v in skipped.groupby(df["family"].astype(str)).mean().sort_index().items()}
+def skip_rate_by_family(df: pd.DataFrame, with_audio_only: bool = False) -> dict[str, float]:
+    """{family: share of rows whose deployed budget is 0}, families sorted by name.
+
+    with_audio_only: count only the rows that carry a clip (column `has_audio`), the rows where skipping is a
+    decision; a family with no such row is left out (no NaN)."""
+    rows = df
+    if with_audio_only:
+        if "has_audio" not in df.columns:
+            raise EvalInputError("prediction table lacks column 'has_audio' (needed for the per-family skip rate)")
+        rows = df[df["has_audio"].to_numpy().astype(bool)]
+    skipped = (rows["budget"].astype(int) == 0).astype(float)
+    return {str(f): float(v) for f, v in skipped.groupby(rows["family"].astype(str)).mean().sort_index().items()}
 
 
 # -- statistics -------------------------------------------------------------------------------------------------------
@@ -336,7 +345,7 @@ def _latency(latency: Mapping[str, Any], name: str) -> dict[str, float]:
     raise EvalInputError(f"latency record lacks 'latency_ms_{name}' (or '{name}'); has {sorted(latency)}")
 
 
-def compute_metrics(df: pd.DataFrame, latency: Mapping[str, Any]) -> dict[str, float]:
+def compute_metrics(df: pd.DataFrame, latency: Mapping[str, Any]) -> dict[str, Any]:
     """The metrics.json of a prediction table: exactly the keys in METRIC_KEYS, fractions in [0, 1].
 
     Row sets:
@@ -344,7 +353,8 @@ def compute_metrics(df: pd.DataFrame, latency: Mapping[str, Any]) -> dict[str, f
         retention_drop_upper its one-sided 95% paired-bootstrap upper bound.
       - audio rows: needs_audio True. audio_gain = audio_acc_safe - audio_acc_base; audio_gain_lower its lower bound.
       - skip_rate: the deployed `budget` is 0, over the rows that CARRY a clip (has_audio): a row without one is
-        forced to 0 and is no decision. skip_rate_all: over every row; audio_needed_skip_rate: over audio rows.
+        forced to 0 and is no decision. skip_rate_all: over every row; audio_needed_skip_rate: over audio rows;
+        skip_rate_by_family: {family: skip rate over that family's rows with a clip} (families without one left out).
       - oracle_gap: `oracle_gap(df)["gap"]` (NaN without pred_b<k> columns).
       - irrelevant_flip_rate: rows with needs_audio False AND has_audio True (a VL question that came with an
         audio clip it does not need, e.g. family `vl_distractor`): share whose normalised pred_safe differs from
@@ -377,6 +387,7 @@ def compute_metrics(df: pd.DataFrame, latency: Mapping[str, Any]) -> dict[str, f
     out["skip_rate"] = skip_rate(budgets[carries])
     out["skip_rate_all"] = skip_rate(budgets)
     out["audio_needed_skip_rate"] = skip_rate(budgets[audio])
+    out["skip_rate_by_family"] = skip_rate_by_family(df, with_audio_only=True)
     out["oracle_gap"] = oracle_gap(df)["gap"] if budget_columns(df) else float("nan")
     flips, n_irrelevant = _flip_counts(df["pred_base"][distracted], df["pred_safe"][distracted])
     out["irrelevant_flip_rate"] = flips / n_irrelevant if n_irrelevant else float("nan")

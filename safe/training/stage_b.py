@@ -16,13 +16,22 @@ lambda <- max(0, lambda + lagrange_lr * (mean g over the batch's VL-only rows - 
 
 Rows without audio can only take budget 0 (action mask). Everything is seeded: on CPU the same seed gives the same
 history and weights.
+
+Latency cost: measured, not assumed (`measure_budget_costs`). Before training, a few validation examples are timed on
+the machine Stage B runs on: the base answer (budget 0: prompt encoding + base generate) and, for each budget k > 0,
+the audio path the deployed cascade adds after the base answer (audio encoder on the waveform + the fused generate at
+k tokens). cost[k] = (t_k - t_0) / (t_max - t_0) from a fit that is robust to timing noise
+(`budget_costs_from_times`), rounded to COST_STEP, so skipping costs 0 and the slowest budget 1. The costs, the
+measured milliseconds and the fit go to stage_b.json.
 """
 
 from __future__ import annotations
 
 import copy
+import time
 import zlib
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -88,9 +97,186 @@ def check_row_weights(row_weights: Any, n: int) -> np.ndarray:
     return w
 
 
-def reward_config_from(config: Any) -> RewardConfig:
-    """The RewardConfig of a Stage B config (alpha, gamma; optional latency_cost; default budget / max budget)."""
-    return RewardConfig(alpha=config.alpha, gamma=config.gamma, latency_cost=getattr(config, "latency_cost", None))
+def reward_config_from(config: Any, latency_cost: Sequence[float] | None = None) -> RewardConfig:
+    """The RewardConfig of a Stage B config (alpha, gamma) with `latency_cost` (one cost per budget, e.g. measured by
+    `measure_budget_costs`); without it the config's own `latency_cost` if it has one, else budget / max budget."""
+    cost = latency_cost if latency_cost is not None else getattr(config, "latency_cost", None)
+    return RewardConfig(alpha=config.alpha, gamma=config.gamma, latency_cost=None if cost is None else tuple(cost))
+
+
+# -- measured latency cost per budget --------------------------------------------------------------------------------
+
+COST_STEP = 0.05
+"""Measured costs are rounded to this step. Wall times vary from run to run (a few percent on an idle machine, 2-5x
+when other processes share the cores); unrounded, every Stage B run would train on slightly different rewards and
+pick a different policy. With the robust fit of `budget_costs_from_times` and this rounding, the same machine gives
+the same costs (so the same seed gives the same policy) unless a cost sits right at a rounding boundary;
+stage_b.json records the costs that were used."""
+
+
+@dataclass(frozen=True)
+class TimingExample:
+    """One example to time: the question and image, and its clip as a waveform (16 kHz float32) and/or as the
+    cached pooled encoder features (D,) that training uses."""
+
+    question: str
+    image: Any
+    waveform: np.ndarray | None = None
+    features: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class BudgetTimes:
+    """Per-example wall times in ms: base (N,) = prompt + base answer; encoder (N,) = audio encoder on the clip (0
+    when timed on cached features); generate (N, A-1) = the fused generate at each budget k > 0."""
+
+    token_budgets: tuple[int, ...]
+    base: np.ndarray
+    encoder: np.ndarray
+    generate: np.ndarray
+
+
+@dataclass(frozen=True)
+class BudgetCosts:
+    """The latency cost of each token budget, as the reward uses it, and where it came from.
+
+    costs: in [0, 1], rounded to COST_STEP; ms: measured median wall time per example of the deployed cascade at each
+    budget (t_0 = base answer; t_k = t_0 + encoder + fused generate at k); fit: the robust fit the costs come from
+    (`budget_costs_from_times`); source: `waveforms` (audio encoder on the clip + fused generate), `cached_features`
+    (fused generate on the cached encoder features: the encoder's time is missing), `params` (stage_b.latency_cost)
+    or `budgets` (budget / max budget, nothing timed)."""
+
+    token_budgets: tuple[int, ...]
+    costs: tuple[float, ...]
+    source: str
+    ms: tuple[float, ...] | None = None
+    n_examples: int = 0
+    note: str = ""
+    fit: dict[str, float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The stage_b.json entries: budget_costs_ms and budget_costs by budget, budget_costs_source, the number of
+        timed examples, and the fit and a note when there are."""
+        out: dict[str, Any] = {
+            "budget_costs_ms": None if self.ms is None else {str(b): round(float(m), 3)
+                                                             for b, m in zip(self.token_budgets, self.ms)},
+            "budget_costs": {str(b): float(c) for b, c in zip(self.token_budgets, self.costs)},
+            "budget_costs_source": self.source,
+            "budget_costs_examples": int(self.n_examples),
+        }
+        if self.fit is not None:
+            out["budget_costs_fit"] = {k: round(float(v), 4) for k, v in self.fit.items()}
+        if self.note:
+            out["budget_costs_note"] = self.note
+        return out
+
+
+def normalise_costs(audio_ms: Sequence[float], token_budgets: Sequence[int],
+                    step: float = COST_STEP) -> tuple[float, ...]:
+    """Cost per budget from the extra time each budget adds to the base answer (`audio_ms`, one per budget, 0 for
+    budget 0): (t_k - t_0) / (t_max - t_0), clipped to [0, 1] and rounded to `step`.
+
+    When no budget adds time (nothing measurable), falls back to budget / max budget (exact, not rounded)."""
+    extra = np.asarray(audio_ms, dtype=np.float64)
+    if extra.shape != (len(token_budgets),) or not np.isfinite(extra).all():
+        raise ValueError(f"need one finite time per budget {list(token_budgets)}, got {list(audio_ms)}")
+    extra = extra - extra[0]  # (A,)
+    span = float(extra.max())
+    if span <= 0:
+        return tuple(float(b) / max(token_budgets) for b in token_budgets)
+    rounded = np.round(np.clip(extra / span, 0.0, 1.0) / step) * step
+    return tuple(float(round(c, 6)) for c in rounded)
+
+
+def budget_costs_from_times(times: BudgetTimes, step: float = COST_STEP) -> tuple[tuple[float, ...], dict[str, float]]:
+    """Costs per budget from per-example timings, robust to the noise of a shared machine -> (costs, fit).
+
+    The extra time of budget k > 0 is modelled as encoder + g0 + slope * k: the encoder's time is the median over the
+    examples (it does not depend on k: it is timed once per example); the fused generate's dependence on k is a
+    Theil-Sen line through every (k, time) point, and its slope is kept only when its 99% interval excludes 0 and it
+    moves the largest budget's cost by at least one `step` (else the generate costs its median at every k). On small
+    models the audio tokens add no measurable time, so every k > 0 then costs exactly 1: a step, and run-to-run noise
+    cannot reorder the budgets."""
+    from scipy.stats import theilslopes
+
+    budgets = np.asarray(times.token_budgets[1:], dtype=np.float64)  # (A-1,)
+    gen = np.asarray(times.generate, dtype=np.float64)  # (N, A-1)
+    encoder = float(np.median(times.encoder))
+    slope, intercept = 0.0, float(np.median(gen))
+    if len(budgets) >= 2:
+        x = np.broadcast_to(budgets, gen.shape).ravel()
+        with np.errstate(invalid="ignore"):  # identical times (a fake clock) give a NaN interval: no slope
+            fit = theilslopes(gen.ravel(), x, alpha=0.99)
+        spread = fit.slope * (budgets[-1] - budgets[0])  # what the tokens add between the smallest and largest budget
+        if fit.low_slope > 0 and spread >= step * (encoder + fit.intercept + fit.slope * budgets[-1]):
+            slope, intercept = float(fit.slope), float(fit.intercept)
+    audio = encoder + np.maximum(intercept + slope * budgets, 0.0)  # (A-1,)
+    costs = normalise_costs([0.0, *audio.tolist()], times.token_budgets, step)
+    return costs, {"base_ms": float(np.median(times.base)), "encoder_ms": encoder,
+                   "generate_ms_at_0_tokens": intercept, "generate_ms_per_token": slope}
+
+
+def _sync(model: Any) -> None:
+    device = getattr(getattr(model, "base", None), "device", None)
+    if isinstance(device, (str, torch.device)) and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_budgets(model: Any, examples: Sequence[TimingExample], max_new_tokens: int = 4,
+                 use_waveforms: bool = True, warmup: int = 1) -> BudgetTimes:
+    """Wall times of the deployed cascade's parts on each example, one at a time (`BudgetTimes`).
+
+    base: prompt encoding + the base answer, what every example costs. With `use_waveforms`, the model's audio
+    encoder on the waveform (`encode_audio`, timed once: it does not depend on the budget) and then the fused generate
+    at each budget k > 0 on those features, which is what `generate_answers(..., waveforms=...)` runs; otherwise the
+    fused generate on the cached features (the encoder's time is not counted: 0). The first `warmup` examples are run
+    once untimed first.
+    """
+    budgets = tuple(model.token_budgets)
+    if not examples:
+        raise ValueError("no examples to time")
+    if use_waveforms and any(e.waveform is None for e in examples):
+        raise ValueError("use_waveforms needs a waveform for every example")
+    if not use_waveforms and any(e.features is None for e in examples):
+        raise ValueError("timing without waveforms needs cached features for every example")
+
+    def clocked(fn):
+        _sync(model)
+        start = time.perf_counter()
+        out = fn()
+        _sync(model)
+        return out, (time.perf_counter() - start) * 1000.0
+
+    def one(example):
+        batch, t_prompt = clocked(lambda: model.base.encode([example.question], [example.image]))
+        _, t_base = clocked(lambda: model.generate_answers(batch, 0, max_new_tokens=max_new_tokens))
+        if use_waveforms:
+            feats, t_enc = clocked(lambda: model.encode_audio([example.waveform]))
+        else:
+            feats, t_enc = example.features[None], 0.0
+        gen = [clocked(lambda: model.generate_answers(batch, k, audio_features=feats,
+                                                      max_new_tokens=max_new_tokens))[1] for k in budgets[1:]]
+        return t_prompt + t_base, t_enc, gen
+
+    for example in examples[:warmup]:
+        one(example)
+    rows = [one(example) for example in examples]
+    return BudgetTimes(budgets, np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+                       np.array([r[2] for r in rows], dtype=np.float64).reshape(len(rows), len(budgets) - 1))
+
+
+def measure_budget_costs(model: Any, examples: Sequence[TimingExample], max_new_tokens: int = 4,
+                         use_waveforms: bool = True, note: str = "") -> BudgetCosts:
+    """Time `examples` (`time_budgets`) and turn the times into the reward's cost per budget
+    (`budget_costs_from_times`); `ms` holds the measured medians of the cascade at each budget."""
+    times = time_budgets(model, examples, max_new_tokens, use_waveforms)
+    costs, fit = budget_costs_from_times(times)
+    t0 = float(np.median(times.base))
+    per_example = times.encoder[:, None] + times.generate  # (N, A-1) extra time of each budget
+    ms = (t0, *(t0 + float(np.median(per_example[:, j])) for j in range(per_example.shape[1])))
+    return BudgetCosts(times.token_budgets, costs, "waveforms" if use_waveforms else "cached_features", ms,
+                       len(examples), note, fit)
 
 
 def evaluate_policy(policy: AudioPolicyNetwork, table: OutcomeTable, reward_cfg: RewardConfig) -> dict[str, float]:
@@ -115,10 +301,12 @@ class StageBTrainer:
     eval_every: evaluate the deterministic policy on the validation table every N steps (and at the end); the
     weights with the best validation reward among checkpoints meeting the retention tolerance are restored at the
     end (if none meets it: the smallest VL drop). 0 disables checkpoint selection (the last weights are kept).
+    reward_cfg: the reward (e.g. with measured latency costs); default `reward_config_from(config)`.
     """
 
     def __init__(self, policy: AudioPolicyNetwork, config: Any, logger: MetricsLogger | None = None,
-                 baseline: str = "value", eval_every: int | None = None, progress: bool | None = None) -> None:
+                 baseline: str = "value", eval_every: int | None = None, progress: bool | None = None,
+                 reward_cfg: RewardConfig | None = None) -> None:
         missing = [f for f in REQUIRED_FIELDS if not hasattr(config, f)]
         if missing:
             raise ValueError(f"Stage B config lacks field(s) {missing}")
@@ -129,7 +317,7 @@ class StageBTrainer:
             raise ValueError(f"baseline must be 'value' or 'batch_mean', got {baseline!r}")
         self.policy, self.config, self.logger = policy, config, logger
         self.baseline = baseline
-        self.reward_cfg = reward_config_from(config)
+        self.reward_cfg = reward_cfg if reward_cfg is not None else reward_config_from(config)
         self.eval_every = max(config.steps // 10, 1) if eval_every is None else int(eval_every)
         self.progress = progress
         self.lagrange = 0.0

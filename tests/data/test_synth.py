@@ -68,6 +68,44 @@ def test_split_sizes():
         synth.split_sizes(0)
 
 
+def test_split_sizes_with_val_and_test_set_apart_from_train():
+    assert synth.split_sizes(4000, test_size=2000) == {"train": 2800, "val": 600, "test": 2000}
+    assert synth.split_sizes(4000, 900, 1500) == {"train": 2800, "val": 900, "test": 1500}
+    assert synth.split_sizes(100, None, None) == synth.split_sizes(100)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="test_size"):
+            synth.split_sizes(100, test_size=bad)
+
+
+def test_larger_val_and_test_splits_leave_train_examples_unchanged(tmp_path):
+    _sounds_or_skip()
+    small = {"train": 30, "val": 8, "test": 8}
+    a = synth.generate_benchmark(tmp_path / "a", small, seed=4, progress=False)
+    b = synth.generate_benchmark(tmp_path / "b", {**small, "test": 20}, seed=4, progress=False)
+    c = synth.generate_benchmark(tmp_path / "c", {**small, "val": 15}, seed=4, progress=False)
+    ra, rb, rc = read_manifest(a), read_manifest(b), read_manifest(c)
+    files_a, files_b, files_c = _all_files(a.parent), _all_files(b.parent), _all_files(c.parent)
+    for other, files in ((rb, files_b), (rc, files_c)):
+        assert other.by_split("train") == ra.by_split("train")
+        assert all(files[m] == files_a[m] for r in ra.by_split("train") for m in (r.image, r.audio) if m)
+    assert rb.by_split("val") == ra.by_split("val") and len(rb.by_split("test")) == 20
+    assert len(rc.by_split("val")) == 15
+    # extra test examples are new indices after every train and val example
+    assert min(r.id for r in rb.by_split("test")) > max(r.id for r in rb.by_split("val"))
+
+
+def test_config_sets_val_and_test_sizes():
+    from safe.config import ConfigError, build_config
+
+    data = build_config({"profile": "tiny"}).data
+    assert data.val_size is None and data.test_size is None
+    data = build_config({"profile": "tiny", "data": {"val_size": 300, "test_size": 1200}}).data
+    assert synth.split_sizes(data.size, data.val_size, data.test_size) == {"train": 280, "val": 300, "test": 1200}
+    for key in ("val_size", "test_size"):
+        with pytest.raises(ConfigError, match=f"data.{key}"):
+            build_config({"profile": "tiny", "data": {key: 0}})
+
+
 def test_split_sizes_and_family_mix(bench):
     for split, n in SIZES.items():
         records = bench.by_split(split)
@@ -85,20 +123,31 @@ def _pattern(phrasing: str) -> re.Pattern:
     return re.compile("^" + re.sub(r"\\\{\w+\\\}", "(.+)", re.escape(phrasing)) + "$")
 
 
-def test_heldout_paraphrases_only_in_test(bench):
-    heldout_texts = {p for _, held in synth.TEMPLATES.values() for p in held}
-    seen_texts = {p for seen, _ in synth.TEMPLATES.values() for p in seen}
-    assert not heldout_texts & seen_texts
-    n_heldout = 0
+def test_heldout_paraphrases_only_in_their_own_split(bench):
+    pools = {name: {p for phrasings in synth.TEMPLATES.values() for p in getattr(phrasings, name)}
+             for name in ("train", "val", "test")}
+    assert all(len(phrasings.val) >= 1 and len(phrasings.test) >= 1 for phrasings in synth.TEMPLATES.values())
+    assert not pools["train"] & pools["val"] and not pools["train"] & pools["test"] and not pools["val"] & pools["test"]
+    n_heldout = Counter()
     for r in bench:
-        seen, held = synth.TEMPLATES[r.extras["template"]]
-        pool = held if r.extras["paraphrase_heldout"] else seen
+        pool = synth.phrasing_pool(r.extras["template"], r.split, r.extras["paraphrase_heldout"])
         assert _pattern(pool[r.extras["paraphrase"]]).match(r.question), r
-        if r.split != "test":
+        for other in {"train", "val", "test"} - {r.split}:  # no question uses another split's held-out phrasing
+            assert not any(_pattern(p).match(r.question) for p in pools[other] - pools["train"]), (r.split, r.question)
+        if r.split == "train":
             assert not r.extras["paraphrase_heldout"]
-            assert not any(_pattern(p).match(r.question) for p in heldout_texts), r.question
-        n_heldout += r.extras["paraphrase_heldout"]
-    assert 0.25 * SIZES["test"] < n_heldout < 0.75 * SIZES["test"]
+        n_heldout[r.split] += r.extras["paraphrase_heldout"]
+    for split in ("val", "test"):  # HELDOUT_SHARE (0.5) of validation and of test questions
+        assert 0.25 * SIZES[split] < n_heldout[split] < 0.75 * SIZES[split], n_heldout
+
+
+def test_every_template_has_three_pools_with_the_same_slots():
+    for template in (*synth.AUDIO_KIND_TEMPLATE.values(), *synth.VL_TEMPLATES, *synth.AV_TEMPLATES):
+        phrasings = synth.TEMPLATES[template]
+        slots = [set(re.findall(r"\{(\w+)\}", p)) for p in (*phrasings.train, *phrasings.val, *phrasings.test)]
+        assert all(s == slots[0] for s in slots), template  # every phrasing takes the same slots
+    with pytest.raises(ValueError, match="only val and test"):
+        synth.phrasing_pool("count_shapes", "train", True)
 
 
 def test_answers_are_single_lowercase_words(bench):
@@ -107,8 +156,7 @@ def test_answers_are_single_lowercase_words(bench):
 
 
 def _slot(r, name):
-    seen, held = synth.TEMPLATES[r.extras["template"]]
-    phrasing = (held if r.extras["paraphrase_heldout"] else seen)[r.extras["paraphrase"]]
+    phrasing = synth.phrasing_pool(r.extras["template"], r.split, r.extras["paraphrase_heldout"])[r.extras["paraphrase"]]
     names = re.findall(r"\{(\w+)\}", phrasing)
     return _pattern(phrasing).match(r.question).group(names.index(name) + 1)
 
@@ -221,8 +269,8 @@ def test_bad_arguments_are_rejected(tmp_path):
 
 def _train_phrasing(question: str) -> str | None:
     """The template whose train phrasings produce `question` (None if none does)."""
-    for template, (train, _heldout) in synth.TEMPLATES.items():
-        for pattern in train:
+    for template, phrasings in synth.TEMPLATES.items():
+        for pattern in phrasings.train:
             regex = re.escape(pattern).replace(r"\{shape\}", "(?P<shape>\\w+)").replace(r"\{color\}", "(?P<color>\\w+)")
             if re.fullmatch(regex, question):
                 return template

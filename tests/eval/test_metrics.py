@@ -145,6 +145,8 @@ def test_compute_metrics_six_rows_by_hand(six_rows):
         "audio_acc_base": 1 / 3, "audio_acc_safe": 1.0, "audio_gain": 2 / 3,
         # row a carries no clip, so it is no skip decision: c and e of the five rows with a clip were skipped
         "skip_rate": 2 / 5, "skip_rate_all": 0.5, "audio_needed_skip_rate": 1 / 3,
+        # per family over the rows with a clip: family vl (row a, no clip) is no decision and is left out
+        "skip_rate_by_family": {"audio": 0.0, "audio_visual": 1.0, "silent_control": 0.0, "vl_distractor": 0.5},
         "irrelevant_flip_rate": 0.5, "mean_audio_tokens": 4.0,
         "irrelevant_flip_rate_upper": 0.95 ** 0.5,  # Clopper-Pearson, 1 of 2: 1 - p^2 = 0.05
         "forced_flip_rate_distractor": 1 / 3, "forced_flip_rate_silent": 0.0, "forced_flip_rate_swapped": 1 / 3,
@@ -181,7 +183,9 @@ def test_paired_mean_bound_sides_and_degenerate_samples():
 
 def test_compute_metrics_is_order_and_index_invariant(six_rows):
     shuffled = six_rows.sample(frac=1, random_state=0)  # non-default index
-    assert compute_metrics(shuffled, LATENCY) == pytest.approx(compute_metrics(six_rows, LATENCY))
+    a, b = compute_metrics(shuffled, LATENCY), compute_metrics(six_rows, LATENCY)
+    assert a.pop("skip_rate_by_family") == pytest.approx(b.pop("skip_rate_by_family"))
+    assert a == pytest.approx(b)
 
 
 def test_irrelevant_flip_rate_nan_without_vl_rows_carrying_audio(six_rows):
@@ -212,6 +216,14 @@ def test_family_and_budget_breakdowns(six_rows):
     assert accuracy_by_family(six_rows, "pred_safe") == pytest.approx(
         {"audio": 1.0, "audio_visual": 1.0, "silent_control": 1.0, "vl": 0.9, "vl_distractor": 0.5})
     assert skip_rate_by_family(six_rows)["vl_distractor"] == 0.5
+    assert skip_rate_by_family(six_rows)["vl"] == 1.0  # every row: row a has no clip and is forced to 0
+    with_clip = skip_rate_by_family(six_rows, with_audio_only=True)
+    assert "vl" not in with_clip and with_clip["audio_visual"] == 1.0
+    # a row with a clip counts in its family: the gate skipped it or not
+    mixed = six_rows.assign(has_audio=[True, True, True, True, True, True], budget=[4, 4, 0, 8, 0, 12])
+    assert skip_rate_by_family(mixed, with_audio_only=True)["vl"] == 0.0
+    with pytest.raises(EvalInputError, match="has_audio"):
+        skip_rate_by_family(six_rows.drop(columns=["has_audio"]), with_audio_only=True)
     # b0: a .9, b 1, c 1, d 0, e 1, f 0 ; b12: .9, 0, 0, 1, 0, 1
     acc = accuracy_vs_budget(six_rows)
     assert list(acc) == [0, 4, 8, 12]

@@ -92,3 +92,16 @@ def test_load_errors_name_the_file(tmp_path):
 def test_reward_terms_rejects_out_of_range_actions():
     with pytest.raises(ValueError, match=r"action_idx must be in \[0, 2\]"):
         reward_terms(three_rows(), [0, 3, 0])
+
+
+def test_measured_step_costs_charge_every_audio_budget_the_same():
+    """Measured costs on a small model are a step (encoder + second generate, whatever the budget): choosing audio
+    costs alpha at any budget, so between budgets > 0 only the score decides."""
+    table = three_rows()
+    step = RewardConfig(alpha=0.1, gamma=1.0, latency_cost=(0.0, 1.0, 1.0))
+    linear = RewardConfig(alpha=0.1, gamma=1.0)  # budget / max budget
+    r_step = reward_terms(table, [1, 1, 0], step)["reward"]
+    torch.testing.assert_close(reward_terms(table, [2, 2, 0], step)["reward"], r_step)  # same scores, same cost
+    torch.testing.assert_close(reward_terms(table, [1, 1, 0], step)["latency_cost"], torch.tensor([1.0, 1.0, 0.0]))
+    # budget 4 is half price under budget / max, full price under the step
+    torch.testing.assert_close(r_step, reward_terms(table, [1, 1, 0], linear)["reward"] - torch.tensor([0.05, 0.05, 0]))

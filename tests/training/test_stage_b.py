@@ -173,3 +173,139 @@ def test_row_weights_steer_which_rows_the_bandit_samples():
     assert any(h["vl_drop"] > 0 for h in uniform)
     with pytest.raises(ValueError, match="row_weights"):
         StageBTrainer(AudioPolicyNetwork(table.state_dim, BUDGETS, 16), cfg).train(table, row_weights=weights[:10])
+
+
+# -- measured latency cost per budget ---------------------------------------------------------------------------------
+
+from safe.training import stage_b as stage_b_module  # noqa: E402
+from safe.training.stage_b import (  # noqa: E402
+    COST_STEP, BudgetTimes, TimingExample, budget_costs_from_times, measure_budget_costs, normalise_costs,
+    time_budgets,
+)
+
+
+def test_normalise_costs_rounds_and_falls_back():
+    # extra time 0, 20, 22, 25 -> 0, 0.8, 0.88, 1 -> rounded to 0.05
+    assert normalise_costs([0.0, 20.0, 22.0, 25.0], BUDGETS) == (0.0, 0.8, 0.9, 1.0)
+    assert normalise_costs([0.0, 19.6, 22.4, 25.2], BUDGETS) == (0.0, 0.8, 0.9, 1.0)  # noise of a few percent
+    assert normalise_costs([0.0, -5.0, -2.0, -1.0], BUDGETS) == (0.0, 1 / 3, 2 / 3, 1.0)  # nothing measurable
+    assert normalise_costs([0.0, -1.0, 30.0, 20.0], BUDGETS) == (0.0, 0.0, 1.0, 0.65)  # clipped at 0, max = slowest
+    assert COST_STEP == 0.05
+    with pytest.raises(ValueError, match="one finite time per budget"):
+        normalise_costs([1.0, 2.0], BUDGETS)
+
+
+def _times(rng, n=16, encoder=60.0, slope=0.0, load=1.0):
+    """Timings of n examples on a machine whose load multiplies each call by a random factor in [1, 1 + 4 load]."""
+    noise = lambda *shape: 1 + 4 * load * rng.random(shape)  # noqa: E731
+    generate = (8.0 + slope * np.array(BUDGETS[1:]))[None, :] * noise(n, 3)
+    return BudgetTimes(BUDGETS, 30.0 * noise(n), encoder * noise(n), generate)
+
+
+def test_costs_are_a_stable_step_when_audio_tokens_add_no_time():
+    """On a shared machine single timings vary 2-5x; the costs must not (the same seed must give the same policy)."""
+    costs = {budget_costs_from_times(_times(np.random.default_rng(seed)))[0] for seed in range(200)}
+    assert costs == {(0.0, 1.0, 1.0, 1.0)}
+    costs, fit = budget_costs_from_times(_times(np.random.default_rng(0), load=0.0, slope=0.0))
+    assert costs == (0.0, 1.0, 1.0, 1.0) and fit["generate_ms_per_token"] == 0.0 and fit["encoder_ms"] == 60.0
+
+
+def test_costs_grow_with_the_budget_when_tokens_cost_time():
+    # no encoder, generate 8 + 2 ms per token: 16, 24, 32 -> 0.5, 0.75, 1
+    costs, fit = budget_costs_from_times(_times(np.random.default_rng(0), encoder=0.0, slope=2.0, load=0.0))
+    assert costs == (0.0, 0.5, 0.75, 1.0) and fit["generate_ms_per_token"] == pytest.approx(2.0)
+    noisy = budget_costs_from_times(_times(np.random.default_rng(1), n=32, encoder=0.0, slope=2.0, load=0.05))[0]
+    assert noisy[1] < noisy[2] < noisy[3] == 1.0
+
+
+class FakeClockModel:
+    """A model whose calls advance a fake clock: prompt 1 ms, base answer 2 ms, audio encoder 20 ms, fused generate
+    3 ms + 0.25 ms per audio token. Records what each call got."""
+
+    token_budgets = BUDGETS
+
+    def __init__(self):
+        self.now, self.calls = 0.0, []
+        self.base = self
+
+    def clock(self):
+        return self.now / 1000.0
+
+    def encode(self, questions, images):
+        self.now += 1.0
+        return questions
+
+    def encode_audio(self, waveforms):
+        self.calls.append(("encoder", len(waveforms)))
+        self.now += 20.0
+        return torch.zeros(len(waveforms), 8)
+
+    def generate_answers(self, batch, budget, audio_features=None, waveforms=None, max_new_tokens=4):
+        assert waveforms is None and (budget == 0) == (audio_features is None)
+        self.calls.append((budget, audio_features is not None))
+        self.now += 2.0 if budget == 0 else 3.0 + 0.25 * budget
+        return ["x"]
+
+
+def _examples(n=3):
+    return [TimingExample(f"q{i}", None, np.zeros(160, dtype=np.float32), torch.zeros(8)) for i in range(n)]
+
+
+def test_measure_budget_costs_times_the_audio_path_per_budget(monkeypatch):
+    model = FakeClockModel()
+    monkeypatch.setattr(stage_b_module.time, "perf_counter", model.clock)
+    costs = measure_budget_costs(model, _examples(), use_waveforms=True)
+    # t_0 = 3 ms; t_k = 3 + 20 + 3 + 0.25 k -> 27, 28, 29 -> (24, 25, 26) / 26 (0.25 ms per token is exact here)
+    assert costs.ms == pytest.approx((3.0, 27.0, 28.0, 29.0))
+    assert costs.costs == (0.0, 0.9, 0.95, 1.0) and costs.source == "waveforms" and costs.n_examples == 3
+    assert model.calls.count(("encoder", 1)) == 4  # once per example (and the warm-up), not once per budget
+    out = costs.to_json()
+    assert out["budget_costs"] == {"0": 0.0, "4": 0.9, "8": 0.95, "12": 1.0}
+    assert out["budget_costs_ms"]["12"] == pytest.approx(29.0) and out["budget_costs_source"] == "waveforms"
+    # without waveforms: the fused generate on cached features, and the record says so
+    model = FakeClockModel()
+    monkeypatch.setattr(stage_b_module.time, "perf_counter", model.clock)
+    cached = measure_budget_costs(model, _examples(), use_waveforms=False)
+    assert cached.source == "cached_features" and cached.ms == pytest.approx((3.0, 7.0, 8.0, 9.0))
+    assert ("encoder", 1) not in model.calls
+
+
+def test_time_budgets_needs_the_inputs_it_times():
+    model = FakeClockModel()
+    times = time_budgets(model, _examples(2), use_waveforms=False, warmup=0)
+    assert times.base.shape == (2,) and times.generate.shape == (2, 3) and not times.encoder.any()
+    with pytest.raises(ValueError, match="waveform"):
+        time_budgets(model, [TimingExample("q", None, None, torch.zeros(8))], use_waveforms=True)
+    with pytest.raises(ValueError, match="no examples"):
+        time_budgets(model, [], use_waveforms=False)
+
+
+def test_trainer_uses_the_measured_costs():
+    train, val = make_bandit_table(200, 0), make_bandit_table(100, 1)
+    cfg = StageBConfig(steps=20, batch_size=32, seed=0)
+    step_costs = (0.0, 0.9, 0.95, 1.0)
+    rc = reward_config_from(cfg, step_costs)
+    assert rc.latency_cost == step_costs and reward_config_from(cfg).latency_cost is None
+    torch.manual_seed(0)
+    policy = AudioPolicyNetwork(train.state_dim, hidden_dim=16)
+    trainer = StageBTrainer(policy, cfg, progress=False, reward_cfg=rc)
+    history = trainer.train(train, val)
+    assert trainer.reward_cfg is rc
+    # the logged mean latency cost is a mix of the measured costs, never the old budget / 12 (1/3 or 2/3 alone)
+    assert all(0.0 <= h["latency_cost"] <= 1.0 for h in history)
+    fixed = fixed_policy_rewards(val, rc)["always_max"]
+    assert fixed["latency_cost"] == pytest.approx(float(val.has_audio.mean()))  # max budget costs 1 where audio
+
+
+def test_stage_b_config_latency_settings():
+    from safe.config import ConfigError, build_config
+
+    cfg = build_config({"profile": "tiny"}).stage_b
+    assert (cfg.latency_timing, cfg.latency_examples, cfg.latency_cost) == ("waveforms", 16, None)
+    cfg = build_config({"profile": "tiny", "stage_b": {"latency_cost": [0, 0.9, 0.95, 1]}}).stage_b
+    assert cfg.latency_cost == (0.0, 0.9, 0.95, 1.0)
+    for bad, where in (({"latency_cost": [0, -1]}, "stage_b.latency_cost"),
+                       ({"latency_timing": "guess"}, "stage_b.latency_timing"),
+                       ({"latency_examples": 0}, "stage_b.latency_examples")):
+        with pytest.raises(ConfigError, match=where):
+            build_config({"profile": "tiny", "stage_b": bad})
