@@ -2,8 +2,6 @@
 
 The bandit fits on rows whose images the frozen base never trained on and picks its checkpoint on held-out
 validation rows (`safe.training.stage_b.bandit_tables` says why); those two tables are what stage_c distils from.
-Both also hold a copy of their rows with some question words replaced by `<unk>` (stage_b.unknown_word_rate), with
-the model's real outcomes on them: how rephrased questions reach a word-level tokenizer.
 
 Before training, the reward's latency cost per budget is measured on this machine (stage_b.latency_timing,
 `safe.training.stage_b.measure_budget_costs`) on a few validation examples; stage_b.json records the milliseconds, the
@@ -24,9 +22,7 @@ from safe.distributed import process_state
 from safe.eval.plots import plot_stage_b_rewards
 from safe.inference import load_safe_model
 from safe.io import atomic_dir, write_json_atomic
-from safe.rl.policy import AudioPolicyNetwork, save_policy
-from safe.rl.reward import OutcomeTable
-from safe.training.augment import unknown_word_batches
+from safe.models.policy import AudioPolicyNetwork, save_policy
 from safe.training.rollout import rollout
 from safe.training.stage_b import (
     BudgetCosts, StageBTrainer, TimingExample, bandit_tables, evaluate_policy, fixed_policy_rewards,
@@ -79,22 +75,11 @@ def main() -> None:
               f"({costs.source}{f', {costs.n_examples} examples' if costs.n_examples else ''})")
         reward_cfg = reward_config_from(cfg.stage_b, costs.costs)
         collate = LlavaCollator(model.base, store.embed_dim, with_answers=False)
-        tables, rephrased = {}, {}
-        rate = cfg.stage_b.unknown_word_rate
+        tables = {}
         for split in ("train", "val"):
             loader = DataLoader(ManifestDataset(manifest, split, features=store), batch_size=64, collate_fn=collate)
             tables[split] = rollout(model, loader, cfg.evaluate.max_new_tokens, desc=f"outcomes[{split}]").table()
-            if rate > 0 and model.base.tokenizer.unk_token_id is not None:
-                # The same rows with words the tokenizer does not know, and the answers the model then gives.
-                altered = unknown_word_batches(loader, model.base, rate, cfg.stage_b.seed, at_least_one=True)
-                rephrased[split] = rollout(model, altered, cfg.evaluate.max_new_tokens,
-                                           desc=f"outcomes[{split}, <unk> words]").table()
         fit, select = bandit_tables(tables["train"], tables["val"])  # rows the frozen models never trained on
-        unknown_rows = 0
-        if rephrased:  # a row and its altered copy fall on the same side (the split hashes the id)
-            fit_unk, select_unk = bandit_tables(rephrased["train"], rephrased["val"])
-            fit, select = OutcomeTable.concat([fit, fit_unk]), OutcomeTable.concat([select, select_unk])
-            unknown_rows = len(fit_unk) + len(select_unk)
         torch.manual_seed(cfg.stage_b.seed)  # the policy's initial weights: the same every run (as in the seeds bench)
         policy = AudioPolicyNetwork(fit.state_dim, cfg.model.token_budgets, hidden_dim=cfg.stage_b.hidden_dim)
         # Sampled in the deployment mix of question kinds (the held-out rows'), not the fit table's audio-heavy one.
@@ -102,7 +87,7 @@ def main() -> None:
             fit, select, mix_weights(fit, select))
         learned = evaluate_policy(policy, select, reward_cfg)  # held-out validation rows
         fixed = fixed_policy_rewards(select, reward_cfg)
-        metrics = {"fit_rows": len(fit), "select_rows": len(select), "unknown_word_rows": unknown_rows,
+        metrics = {"fit_rows": len(fit), "select_rows": len(select),
                    **{f"policy_{k}": v for k, v in learned.items()}}
         for name, result in fixed.items():
             metrics.update({f"{name}_{k}": v for k, v in result.items()})

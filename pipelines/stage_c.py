@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from pipelines.common import METRICS, SAFE_BUNDLE, STAGE_A, STAGE_B, base_vl_source, config, tracked_stage
 from safe.inference import assemble_bundle
 from safe.io import write_json_atomic
+from safe.models.budget_gate import gate_actions_on, save_gate
 from safe.models.policy import load_policy
 from safe.rl.reward import OutcomeTable, evaluate_actions
 from safe.training.stage_b import mix_weights, reward_config_from
-from safe.models.budget_gate import gate_actions_on, save_gate
 from safe.training.stage_c import distill_gate
 
 
@@ -22,7 +23,10 @@ def main() -> None:
         val = OutcomeTable.load(STAGE_B / "outcomes_val.npz")
         gate, report = distill_gate(policy, train.states, cfg.stage_c, action_mask=train.action_mask(), logger=tracker,
                                     row_weights=mix_weights(train, val))  # the mix Stage B trained in
-        deployed = evaluate_actions(val, gate_actions_on(gate, val.states, val.action_mask()), reward_config_from(cfg.stage_b))
+        # Scored with the latency costs Stage B measured and trained with (budget_costs.json), not budget / max.
+        costs = json.loads((STAGE_B / "budget_costs.json").read_text())["budget_costs"]
+        reward_cfg = reward_config_from(cfg.stage_b, [costs[str(b)] for b in cfg.model.token_budgets])
+        deployed = evaluate_actions(val, gate_actions_on(gate, val.states, val.action_mask()), reward_cfg)
         metrics = {**report, **{f"val_{k}": v for k, v in deployed.items()}}
         print(f"stage_c: gate/policy agreement train={report['agreement_train']:.3f} "
               f"heldout={report['agreement_heldout']:.3f}; val skip_rate={deployed['skip_rate']:.3f}")

@@ -308,11 +308,6 @@ class StageBConfig:
     retention_tolerance: float = 0.005
     lagrange_lr: float = 0.5
     hidden_dim: int = 64
-    unknown_word_rate: float = 0.0
-    """The bandit also learns from a copy of its rows whose questions have this share of words (at least one) replaced
-    by `<unk>`, with the outcomes the model really gives them: what a rephrased question looks like to a word-level
-    tokenizer (safe/training/augment.py). On for the offline profiles (tiny, demo), whose word-level tokenizer turns
-    every new word into `<unk>`; 0 (no copy) for pretrained subword tokenizers, which never do."""
     latency_timing: str = "waveforms"
     """How the per-budget latency cost of the reward is found before training, on this machine: `waveforms` times the
     base answer and, per budget, the audio encoder on the clip + the fused generate (falls back to cached_features,
@@ -322,13 +317,11 @@ class StageBConfig:
     latency_examples: int = 16
     """Validation examples with a clip that are timed (each once per budget, after one untimed warm-up)."""
     latency_cost: tuple[float, ...] | None = None
-    """One cost per model.token_budgets entry, e.g. [0, 0.9, 0.95, 1] measured on a deployment target that differs
+    """One cost per model.token_budgets entry (e.g. [0, 1, 1, 1]), timed on a deployment target that differs
     from the training machine; replaces the timing (stage_b.json then says `params`). null: measure."""
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.unknown_word_rate < 1.0,
-               f"stage_b.unknown_word_rate must be in [0, 1), got {self.unknown_word_rate}")
         _check(self.latency_timing in ("waveforms", "cached_features", "budgets"),
                f"stage_b.latency_timing must be waveforms, cached_features or budgets, got {self.latency_timing!r}")
         if self.latency_cost is not None:
@@ -451,7 +444,7 @@ RANGES: dict[str, _Rule] = {
     "stage_b.steps": _COUNT, "stage_b.batch_size": _COUNT, "stage_b.lr": _POS_NUM, "stage_b.entropy_coef": _NONNEG_NUM,
     "stage_b.alpha": _NONNEG_NUM, "stage_b.gamma": _NONNEG_NUM, "stage_b.retention_tolerance": _SHARE,
     "stage_b.lagrange_lr": _NONNEG_NUM, "stage_b.hidden_dim": _COUNT,
-    "stage_b.unknown_word_rate": _between(0, 1, open_hi=True), "stage_b.seed": _NONNEG_INT,
+    "stage_b.seed": _NONNEG_INT,
     "stage_b.latency_examples": _COUNT,
     "stage_c.epochs": _COUNT, "stage_c.lr": _POS_NUM, "stage_c.hidden_dim": _NONNEG_INT, "stage_c.seed": _NONNEG_INT,
     "evaluate.bootstrap": _COUNT, "evaluate.latency_examples": _COUNT, "evaluate.max_new_tokens": _COUNT,

@@ -38,13 +38,6 @@ def test_missing_file_is_named(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_unknown_word_copies_are_on_for_word_level_profiles_only():
-    rates = {p: build_config({"profile": p}).stage_b.unknown_word_rate for p in ("tiny", "demo", "smol", "llava")}
-    assert rates == {"tiny": 0.15, "demo": 0.15, "smol": 0.0, "llava": 0.0}
-    with pytest.raises(ConfigError, match="unknown_word_rate"):
-        build_config({"profile": "demo", "stage_b": {"unknown_word_rate": 1.0}})
-
-
 def test_data_check_settings_and_sampling_weights():
     from safe.config import ConfigError, build_config
 
@@ -69,17 +62,17 @@ PROFILE_DEFAULTS_WHEN_MOVED = {
         "model": {"audio_encoder": "whisper-random:64x2"},
         "base_vl": {"epochs": 4, "batch_size": 64, "lr": 1e-3, "target_val_acc": 0.6, "vision_pretrain_epochs": 5},
         "stage_a": {"steps": 80, "eval_every": 40, "fisher_batches": 2},
-        "stage_b": {"steps": 200, "unknown_word_rate": 0.15},
+        "stage_b": {"steps": 200},
         "stage_c": {"epochs": 100},
         "evaluate": {"bootstrap": 200, "latency_examples": 8},
     },
     "demo": {
-        "data": {"size": 4000, "image_size": 32},
+        "data": {"size": 4000, "image_size": 32, "test_size": 2000},
         "model": {"audio_encoder": "whisper-tiny.en", "vision_hidden": 96, "vision_layers": 3, "text_hidden": 128,
                   "text_layers": 3, "text_intermediate": 256, "fusion_layers": [-3, -2, -1], "lora_rank": 32},
         "base_vl": {"epochs": 10, "batch_size": 64, "lr": 1e-3, "vision_pretrain_epochs": 40},
         "stage_a": {"steps": 2000, "eval_every": 100},
-        "stage_b": {"steps": 800, "unknown_word_rate": 0.15},
+        "stage_b": {"steps": 800},
     },
     "smol": {
         "data": {"size": 1000, "image_size": 64},

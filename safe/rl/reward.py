@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from safe.rl.policy import check_token_budgets
+from safe.models.policy import check_token_budgets
 
 
 class OutcomeTableError(ValueError):

@@ -7,8 +7,8 @@ looks the reward up (r = score - alpha * latency - gamma * irrelevance) and take
 
 Baseline: a small LEARNED VALUE HEAD V(s) (trained by the MSE term, detached in the policy term), the usual choice
 when rewards depend strongly on the state (VL-only rows sit near 1 when skipping, audio rows near 0).
-`baseline="batch_mean"` (advantage = r' - mean(r') over the batch) is the cheaper alternative; on the synthetic test
-table both reached the same held-out reward (0.72 vs 0.71 after 200 steps with 256-dim states, 3 seeds).
+`baseline="batch_mean"` (advantage = r' - mean(r') over the batch) is the cheaper alternative
+(docs/EXPERIMENTS.md#stage-b-baseline).
 
 Retention constraint (Lagrangian): on VL-only rows (needs_audio False) the gap g = scores[:, 0] - scores[a] is how much
 the chosen budget lost vs the base answer. The shaped reward is r' = r - lambda * g on those rows, and after every step
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from safe.rl.policy import AudioPolicyNetwork, masked_entropy
+from safe.models.policy import AudioPolicyNetwork, masked_entropy
 from safe.rl.reward import (OutcomeTable, RewardConfig, evaluate_actions, fixed_action_indices, reward_terms)
 
 REQUIRED_FIELDS = ("steps", "batch_size", "lr", "entropy_coef", "alpha", "gamma", "retention_tolerance",
@@ -56,8 +56,7 @@ def bandit_tables(train: OutcomeTable, val: OutcomeTable, holdout_every: int = 3
     Why not simply the training rows: the base VL was trained on every VL-only training image, so on those rows its
     answer confidence (a state feature) is inflated exactly where audio is not needed, while the audio rows' images
     are new to it. A bandit fitted there learns "unsure -> consult audio" and then sends VL-only validation and test
-    questions, where the base is less sure, to audio (measured on the demo: every count question with a distractor
-    clip, 1.5 points of VL accuracy lost). So `fit` holds only rows whose images the base never trained on: the
+    questions, where the base is less sure, to audio (docs/EXPERIMENTS.md#stage-b-fit-rows). So `fit` holds only rows whose images the base never trained on: the
     training rows that need audio and 2 in 3 validation rows; the other validation rows (by a hash of their id) are
     `select`.
     """
@@ -74,7 +73,7 @@ def mix_weights(table: OutcomeTable, reference: OutcomeTable) -> np.ndarray:
     `reference`'s (the deployment mix, e.g. the held-out validation rows); weights average 1 over the table.
 
     Why: `bandit_tables` takes only the training rows that need audio, so VL-only questions carrying a clip (the
-    rows where a wrong "consult audio" costs an answer) are about 6% of the fit rows against 25% of validation and
+    rows where a wrong "consult audio" costs an answer) are a far smaller share of the fit rows than of validation and
     test; sampled uniformly, the bandit barely sees them and learns that questions like "how many shapes ..." go to
     audio, like "how many beeps ...". A group missing from `reference` gets weight 0."""
     def groups(t: OutcomeTable) -> np.ndarray:

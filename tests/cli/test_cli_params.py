@@ -29,7 +29,6 @@ BAD = [
     ("data:\n  max_audio_seconds: -5\n", ["data.max_audio_seconds", "a number > 0"]),
     ("data:\n  clip_seconds: 0\n", ["data.clip_seconds", "a number > 0"]),
     ("data:\n  size: many\n", ["data.size", "an integer >= 20"]),
-    ("stage_b:\n  unknown_word_rate: 1.5\n", ["stage_b.unknown_word_rate", "[0, 1)"]),
     ("stage_a:\n  audio_ratio: 1\n", ["stage_a.audio_ratio", "(0, 1)"]),
     ("stage_a:\n  distractor_prob: 2\n", ["stage_a.distractor_prob", "[0, 1]"]),
     ("stage_a:\n  learning_rate: 0.001\n", ["stage_a.learning_rate", "unknown key"]),
