@@ -13,33 +13,7 @@ from safe.data.features import FeatureStore
 from safe.data.manifest import read_manifest
 from safe.training import stage_b as trainer_module
 
-
-class ClockModel:
-    """Calls advance a fake clock: prompt 1 ms, base answer 2 ms, encoder 20 ms, fused generate 3 ms + 0.25 ms/token."""
-
-    token_budgets = (0, 4, 8, 12)
-
-    def __init__(self, with_encoder: bool):
-        self.now, self.calls = 0.0, []
-        self.base = self
-        self.audio_encoder = object() if with_encoder else None
-
-    def clock(self):
-        return self.now / 1000.0
-
-    def encode(self, questions, images):
-        self.now += 1.0
-        return questions
-
-    def encode_audio(self, waveforms):
-        self.calls.append(("encoder", len(waveforms)))
-        self.now += 20.0
-        return torch.zeros(len(waveforms), 8)
-
-    def generate_answers(self, batch, budget, audio_features=None, waveforms=None, max_new_tokens=4):
-        self.calls.append((budget, audio_features is not None))
-        self.now += 2.0 if budget == 0 else 3.0 + 0.25 * budget
-        return ["x"]
+from clock_model import ClockModel  # tests/clock_model.py
 
 
 @pytest.fixture(scope="module")

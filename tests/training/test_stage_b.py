@@ -3,6 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from clock_model import ClockModel  # tests/clock_model.py
 from conftest import BUDGETS, make_bandit_table
 
 from safe.config import StageBConfig
@@ -218,41 +219,12 @@ def test_costs_grow_with_the_budget_when_tokens_cost_time():
     assert noisy[1] < noisy[2] < noisy[3] == 1.0
 
 
-class FakeClockModel:
-    """A model whose calls advance a fake clock: prompt 1 ms, base answer 2 ms, audio encoder 20 ms, fused generate
-    3 ms + 0.25 ms per audio token. Records what each call got."""
-
-    token_budgets = BUDGETS
-
-    def __init__(self):
-        self.now, self.calls = 0.0, []
-        self.base = self
-
-    def clock(self):
-        return self.now / 1000.0
-
-    def encode(self, questions, images):
-        self.now += 1.0
-        return questions
-
-    def encode_audio(self, waveforms):
-        self.calls.append(("encoder", len(waveforms)))
-        self.now += 20.0
-        return torch.zeros(len(waveforms), 8)
-
-    def generate_answers(self, batch, budget, audio_features=None, waveforms=None, max_new_tokens=4):
-        assert waveforms is None and (budget == 0) == (audio_features is None)
-        self.calls.append((budget, audio_features is not None))
-        self.now += 2.0 if budget == 0 else 3.0 + 0.25 * budget
-        return ["x"]
-
-
 def _examples(n=3):
     return [TimingExample(f"q{i}", None, np.zeros(160, dtype=np.float32), torch.zeros(8)) for i in range(n)]
 
 
 def test_measure_budget_costs_times_the_audio_path_per_budget(monkeypatch):
-    model = FakeClockModel()
+    model = ClockModel(cached_features_only=True)
     monkeypatch.setattr(stage_b_module.time, "perf_counter", model.clock)
     costs = measure_budget_costs(model, _examples(), use_waveforms=True)
     # t_0 = 3 ms; t_k = 3 + 20 + 3 + 0.25 k -> 27, 28, 29 -> (24, 25, 26) / 26 (0.25 ms per token is exact here)
@@ -263,7 +235,7 @@ def test_measure_budget_costs_times_the_audio_path_per_budget(monkeypatch):
     assert out["budget_costs"] == {"0": 0.0, "4": 0.9, "8": 0.95, "12": 1.0}
     assert out["budget_costs_ms"]["12"] == pytest.approx(29.0) and out["budget_costs_source"] == "waveforms"
     # without waveforms: the fused generate on cached features, and the record says so
-    model = FakeClockModel()
+    model = ClockModel(cached_features_only=True)
     monkeypatch.setattr(stage_b_module.time, "perf_counter", model.clock)
     cached = measure_budget_costs(model, _examples(), use_waveforms=False)
     assert cached.source == "cached_features" and cached.ms == pytest.approx((3.0, 7.0, 8.0, 9.0))
@@ -271,7 +243,7 @@ def test_measure_budget_costs_times_the_audio_path_per_budget(monkeypatch):
 
 
 def test_time_budgets_needs_the_inputs_it_times():
-    model = FakeClockModel()
+    model = ClockModel(cached_features_only=True)
     times = time_budgets(model, _examples(2), use_waveforms=False, warmup=0)
     assert times.base.shape == (2,) and times.generate.shape == (2, 3) and not times.encoder.any()
     with pytest.raises(ValueError, match="waveform"):
