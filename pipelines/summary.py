@@ -14,7 +14,8 @@ def _num(value) -> str:
 def main() -> None:
     promotion = json.loads((EVAL / "promotion.json").read_text())
     metrics = json.loads((EVAL / "metrics.json").read_text())
-    print("\nSAFE success criteria (test split; bound = one-sided 95% confidence limit, n = examples behind it)")
+    print("\nSAFE success criteria (test split; bound = one-sided 95% confidence limit, n = examples behind it;\n"
+          "the gate reads the bound where there is one, else the value)")
     print(f"{'criterion':<24}{'value':>10}{'bound':>10}{'n':>6}  {'threshold':<16}{'result':>6}")
     for name, c in promotion["criteria"].items():
         threshold = c["threshold"]
