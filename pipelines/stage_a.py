@@ -95,7 +95,9 @@ def main() -> None:
                        final_kl_weight=state.kl_weight, **model.trainable_summary())
         print("stage_a: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         write_json_atomic(METRICS / "stage_a.json", metrics)
-        evals = [h for h in state.history if "retention_drop" in h]
+        # DVC plots need every row to carry every key: no Fisher yet (step 0) covers nothing, a row without a
+        # rollback did not roll back.
+        evals = [{"fisher_coverage": 0.0, "rollback": 0.0, **h} for h in state.history if "retention_drop" in h]
         write_json_atomic(PLOTS / "stage_a_retention.json", evals)
         plot = plot_stage_a_retention(evals, PLOTS / "stage_a_retention.png", tolerance=cfg.stage_a.retention_tolerance)
         tracker.log_artifact(str(plot))

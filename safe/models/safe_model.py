@@ -254,6 +254,7 @@ class SAFEModel(nn.Module):
         atomic_write(folder / TRAINABLE_FILE, lambda p: save_file(rest, str(p)))
         atomic_write(folder / LORA_DIR / LORA_FILES[1], lambda p: save_file(lora, str(p), metadata={"format": "pt"}))
         adapter_config = lora_config(self.arch.lora_rank).to_dict()
+        adapter_config["target_modules"] = sorted(adapter_config["target_modules"])  # a set: same bytes every run
         atomic_write(folder / LORA_DIR / LORA_FILES[0],
                      lambda p: Path(p).write_text(json.dumps(adapter_config, indent=2, sort_keys=True, default=list)))
         atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2, sort_keys=True)))

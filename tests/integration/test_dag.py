@@ -71,7 +71,8 @@ def test_registry_alias_follows_the_criteria(project, flow_outcome):
     promotion = json.loads((dst / "data/eval/promotion.json").read_text())
     assert promotion["model_name"] == "safe-audio-vl"
     assert promotion["lineage"]["safe.profile"] == "tiny" and len(promotion["lineage"]["safe.test_set"]) == 16
-    assert set(promotion["criteria"]) == {"retention_drop", "audio_gain", "skip_rate", "irrelevant_flip_rate"}
+    assert set(promotion["criteria"]) == {"retention_drop", "audio_gain", "skip_rate", "irrelevant_flip_rate",
+                                          "forced_flip_rate"}
     passed = all(c["passed"] for c in promotion["criteria"].values())
     assert promotion["decision"] == ("champion" if passed else "rejected")
     alias = "champion" if passed else "challenger"

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 README_MARK = "tests/integration/test_dvc_experiments.py runs exactly these lines"
 STAGES = ["prepare_data", "extract_features", "base_vl", "stage_a", "stage_b", "stage_c", "evaluate", "promote"]
-HEADLINE = ["passed", "failed", "retention_drop", "audio_gain", "skip_rate", "irrelevant_flip_rate"]
+HEADLINE = ["passed", "retention_drop", "audio_gain", "skip_rate", "irrelevant_flip_rate", "forced_flip_rate"]
 QUEUE_TIMEOUT_S = 1800
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -25,8 +25,8 @@ METRICS = {"retention_drop": 0.002, "audio_gain": 0.10, "skip_rate": 0.8, "irrel
 
 def test_headline_puts_the_verdict_and_criteria_first_in_that_order():
     headline = headline_metrics(METRICS, evaluate_criteria(METRICS, Thresholds()))
-    assert list(headline) == ["passed", "failed", "retention_drop", "audio_gain", "skip_rate", "irrelevant_flip_rate",
-                              "forced_flip_rate", "audio_acc_safe", "vl_acc_safe"]
+    assert list(headline) == ["passed", "retention_drop", "audio_gain", "skip_rate", "irrelevant_flip_rate",
+                              "forced_flip_rate", "failed", "audio_acc_safe", "vl_acc_safe"]
     assert headline["passed"] is False and headline["failed"] == "skip_rate"
     assert list(json.loads(headline_json(headline))) == list(headline)  # the file keeps the column order
     passing = {**METRICS, "skip_rate": 0.5}
