@@ -45,7 +45,9 @@ def _fmt(value: Any) -> str:
 
 def _commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    # The run's own outputs (data/, dvc.lock, this file) are not code changes.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!data", ":!dvc.lock",
+                            ":!docs/results.md"], capture_output=True, text=True)
     return (out.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
