@@ -398,9 +398,9 @@ def compute_metrics(df: pd.DataFrame, latency: Mapping[str, Any]) -> dict[str, A
         out[f"forced_flip_rate_{probe}"] = flips / n if n else float("nan")
         out[f"forced_flip_rate_{probe}_upper"] = flip_rate_upper(flips, n)
     # The criterion: the worst of the three wrong clips (NaN, so not met, when a probe was not run).
-    out["forced_flip_rate"] = max((out[f"forced_flip_rate_{p}"] for p in PROBES), key=lambda x: (np.isnan(x), x))
-    out["forced_flip_rate_upper"] = max((out[f"forced_flip_rate_{p}_upper"] for p in PROBES),
-                                        key=lambda x: (np.isnan(x), x))
+    worst = lambda suffix: max((out[f"forced_flip_rate_{p}{suffix}"] for p in PROBES),  # noqa: E731
+                               key=lambda x: (np.isnan(x), x))
+    out["forced_flip_rate"], out["forced_flip_rate_upper"] = worst(""), worst("_upper")
     out["mean_audio_tokens"] = mean_audio_tokens(budgets)
     for name in LATENCY_PATHS:
         for stat, value in _latency(latency, name).items():

@@ -24,7 +24,7 @@ from torch import nn
 
 from safe.io import atomic_write
 from safe.models.base_vl import BaseVLModel, VLBatch
-from safe.models.fusion_adapter import ADAPTER_NAME, CrossAttentionBlock, lora_config
+from safe.models.fusion_adapter import ADAPTER_NAME, CrossAttentionBlock, is_frozen_base_weight, lora_config
 from safe.models.projectors import AudioProjector
 
 TRAINABLE_FILE = "safe_trainable.safetensors"
@@ -225,8 +225,6 @@ class SAFEModel(nn.Module):
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """The parameters Stage A trains (name -> parameter): the projector, and in the fusion blocks the LoRA
         weights, norms and gates; never the frozen projections under the LoRA adapters."""
-        from safe.models.fusion_adapter import is_frozen_base_weight
-
         return {f"{name}.{k}": p for name, module in self.trainable_modules().items()
                 for k, p in module.named_parameters() if not is_frozen_base_weight(k)}
 
