@@ -115,13 +115,15 @@ def seeds_section() -> list[str]:
         passed = sum(r["decision"] == "champion" for r in runs)
         lines += ["", f"{profile} profile, commit {record['commit']}, {record['machine']}, {record['date']}: "
                       f"**{passed} of {len(runs)} seeds promoted**.", "",
-                  "| seed | retention drop (bound) | audio gain (bound) | skip rate | flips (bound) | decision |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| seed | retention drop (bound) | audio gain (bound) | skip rate | irrelevant flips (bound) | "
+                  "forced-on flips (bound) | decision |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in runs:
             m = r["metrics"]
             lines.append(f"| {r['seed']} | {_fmt(m['retention_drop'])} ({_fmt(m.get('retention_drop_upper'))}) | "
                          f"{_fmt(m['audio_gain'])} ({_fmt(m.get('audio_gain_lower'))}) | {_fmt(m['skip_rate'])} | "
                          f"{_fmt(m['irrelevant_flip_rate'])} ({_fmt(m.get('irrelevant_flip_rate_upper'))}) | "
+                         f"{_fmt(m.get('forced_flip_rate'))} ({_fmt(m.get('forced_flip_rate_upper'))}) | "
                          f"{r['decision']} |")
     return lines
 

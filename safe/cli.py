@@ -114,7 +114,7 @@ def _check_question(question: str, bundle: Path | None = None) -> None:
                         else "pass a non-empty question") from None
 
 
-def _load_predictor(bundle: Path):
+def _load_predictor(bundle: Path, audio_threshold: float | None = None):
     """Load the model; a bundle that passed the file checks but still does not load names the folder."""
     from transformers.utils import logging as hf_logging
 
@@ -122,7 +122,7 @@ def _load_predictor(bundle: Path):
 
     hf_logging.disable_progress_bar()  # one answer: a "Loading weights" bar is noise on stderr
     try:
-        return SAFEPredictor.load(bundle, cache_dir=_encoder_cache())
+        return SAFEPredictor.load(bundle, cache_dir=_encoder_cache(), audio_threshold=audio_threshold)
     except BundleError as err:
         raise UserError(str(err), fix=BundleError.fix) from None
     except (OSError, ValueError, KeyError, RuntimeError) as err:
@@ -138,13 +138,16 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from safe.inference import DEFAULT_MAX_AUDIO_SECONDS
 
     _check_question(args.question)
+    if args.audio_threshold is not None and not 0.0 <= args.audio_threshold <= 1.0:
+        raise UserError(f"must be between 0 and 1, got {args.audio_threshold}", where="--audio-threshold",
+                        fix="pass a probability, e.g. --audio-threshold 0.7 to consult audio less often")
     notes: list[str] = []
     image, wave = _check_media(args.image, args.audio, DEFAULT_MAX_AUDIO_SECONDS, notes)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     bundle = _model_dir(args.model)
     _check_question(args.question, bundle)
-    predictor = _load_predictor(bundle)
+    predictor = _load_predictor(bundle, args.audio_threshold)
     pred = predictor.predict(image, wave, args.question)
     result = {"answer": pred.answer, "budget": pred.budget, "gate": round(pred.gate, 4),
               "latency_ms": round(pred.latency_ms, 2), "base_answer": pred.base_answer}
@@ -152,7 +155,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(f"answer:      {pred.answer}")
-        print(f"budget:      {pred.budget} audio tokens (gate P(audio) = {pred.gate:.3f})")
+        print(f"budget:      {pred.budget} audio tokens (gate P(audio) = {pred.gate:.3f}, threshold "
+              f"{predictor.gate.audio_threshold:.2f})")
         print(f"base answer: {pred.base_answer}")
         print(f"latency:     {pred.latency_ms:.1f} ms")
     return 0
@@ -266,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", help="audio file (optional; wav/mp3/flac/ogg, any rate; cropped to 30 s)")
     p.add_argument("--question", required=True, help="the question, in words (must fit the model's context)")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of the labelled lines")
+    p.add_argument("--audio-threshold", type=float, default=None, metavar="P",
+                   help="consult audio when the gate's P(audio) >= P (default: the threshold saved with the gate, "
+                   "stage_c.audio_threshold); higher skips audio more often; data/eval/report.md shows the trade")
     _add_debug(p)
     p.set_defaults(func=cmd_infer)
 

@@ -340,6 +340,10 @@ class StageCConfig:
     lr: float = 1e-2
     hidden_dim: int = 16
     """0 = logistic regression."""
+    audio_threshold: float = 0.5
+    """The gate consults audio when its P(budget > 0) reaches this; saved with the gate, it is the deploy-time knob
+    (`safe infer --audio-threshold`) that trades skip rate against accuracy without retraining (evaluate reports
+    the trade, `audio_threshold_curve` in data/eval/details.json)."""
     seed: int = 0
 
 
@@ -447,6 +451,7 @@ RANGES: dict[str, _Rule] = {
     "stage_b.seed": _NONNEG_INT,
     "stage_b.latency_examples": _COUNT,
     "stage_c.epochs": _COUNT, "stage_c.lr": _POS_NUM, "stage_c.hidden_dim": _NONNEG_INT, "stage_c.seed": _NONNEG_INT,
+    "stage_c.audio_threshold": _SHARE,
     "evaluate.bootstrap": _COUNT, "evaluate.latency_examples": _COUNT, "evaluate.max_new_tokens": _COUNT,
     "evaluate.batch_size": _COUNT, "evaluate.seed": _NONNEG_INT,
     "promote.max_retention_drop": _SHARE, "promote.min_audio_gain": _between(-1, 1), "promote.skip_rate_min": _SHARE,

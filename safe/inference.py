@@ -242,15 +242,20 @@ class SAFEPredictor:
     """Answers (image, audio, question) with the deployed cascade: base answer -> gate -> audio if chosen."""
 
     def __init__(self, model: SAFEModel, gate, max_new_tokens: int = 4,
-                 max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS):
+                 max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS, audio_threshold: float | None = None):
+        """`audio_threshold` overrides the gate's saved threshold on P(budget > 0) (the deploy-time knob)."""
         self.model = model
         self.gate = gate
+        if audio_threshold is not None:
+            from safe.models.budget_gate import check_audio_threshold
+
+            gate.audio_threshold = check_audio_threshold(audio_threshold)
         self.max_new_tokens = max_new_tokens
         self.max_audio_seconds = max_audio_seconds
 
     @classmethod
     def load(cls, bundle_dir: str | Path, cache_dir: str | Path | None = None, dtype: str | torch.dtype = "float32",
-             device: str | torch.device = "cpu") -> "SAFEPredictor":
+             device: str | torch.device = "cpu", audio_threshold: float | None = None) -> "SAFEPredictor":
         """The bundle's model (`dtype`, `device` as in `load_safe_model`); the gate stays on the CPU.
 
         The folder is checked first (`check_bundle`): a missing or broken file raises BundleError naming it."""
@@ -259,7 +264,7 @@ class SAFEPredictor:
         bundle_dir = Path(bundle_dir)
         check_bundle(bundle_dir)
         return cls(load_safe_model(bundle_dir, cache_dir=cache_dir, dtype=dtype, device=device),
-                   load_gate(bundle_dir / GATE_DIR))
+                   load_gate(bundle_dir / GATE_DIR), audio_threshold=audio_threshold)
 
     def predict(self, image: str | Path | Any | None, audio: str | Path | np.ndarray | None, question: str,
                 force_budget: int | None = None) -> Prediction:
@@ -330,8 +335,18 @@ class SAFEPredictor:
 
 def gate_budgets(gate, states: np.ndarray | torch.Tensor, has_audio: np.ndarray) -> np.ndarray:
     """Budgets the deployed gate picks for precomputed states; examples without audio always get 0."""
+    return gate_choices(gate, states, has_audio)["budget"]
+
+
+def gate_choices(gate, states: np.ndarray | torch.Tensor, has_audio: np.ndarray) -> dict[str, np.ndarray]:
+    """The deployed gate on precomputed states (N, S), each (N,): `budget` it picks, `p_audio` = P(budget > 0) and
+    `audio_budget`, the budget it picks wherever it consults audio (so any threshold's choice follows from
+    `p_audio >= threshold`); examples without audio get 0 in all three."""
     import numpy as np
     import torch
 
-    budgets = gate.predict_budget(torch.as_tensor(states, dtype=torch.float32)).cpu().numpy()
-    return np.where(np.asarray(has_audio, dtype=bool), budgets, 0)
+    x = torch.as_tensor(states, dtype=torch.float32)
+    has = np.asarray(has_audio, dtype=bool)
+    out = {"budget": gate.predict_budget(x).cpu().numpy(), "p_audio": gate.audio_probability(x).cpu().numpy(),
+           "audio_budget": gate.predict_budget(x, audio_threshold=0.0).cpu().numpy()}
+    return {k: np.where(has, v, 0) for k, v in out.items()}

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from safe.data.datasets import LlavaCollator, ManifestDataset
 from safe.data.features import FeatureStore
 from safe.data.manifest import Manifest
-from safe.inference import SAFEPredictor, gate_budgets
+from safe.inference import SAFEPredictor, gate_choices
 from safe.training.rollout import rollout
 
 
@@ -49,7 +49,8 @@ def prediction_table(predictor: SAFEPredictor, manifest: Manifest, store: Featur
     collate = LlavaCollator(model.base, store.embed_dim, with_answers=False)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     ro = rollout(model, loader, max_new_tokens, progress=progress, desc=f"evaluate[{split}]")
-    budgets = gate_budgets(predictor.gate, ro.states, ro.has_audio)
+    choices = gate_choices(predictor.gate, ro.states, ro.has_audio)
+    budgets = choices["budget"]
     column = {b: i for i, b in enumerate(model.token_budgets)}
     probes = _probe_answers(predictor, loader, store, max_new_tokens, seed, progress)
     rows = []
@@ -58,6 +59,7 @@ def prediction_table(predictor: SAFEPredictor, manifest: Manifest, store: Featur
             "id": record.id, "family": record.family, "needs_audio": bool(record.needs_audio),
             "has_audio": bool(ro.has_audio[i]), "answer": record.answer, "answers": record.answers,
             "pred_base": ro.preds[i][0], "budget": int(budgets[i]), "pred_safe": ro.preds[i][column[int(budgets[i])]],
+            "p_audio": float(choices["p_audio"][i]), "audio_budget": int(choices["audio_budget"][i]),
         }
         row.update({f"pred_b{b}": ro.preds[i][column[b]] for b in model.token_budgets})
         row.update(probes.get(record.id, {"pred_distractor": None, "pred_silent": None, "pred_swapped": None}))

@@ -6,7 +6,8 @@ scored with the leave-one-out soft accuracy. Every other question is scored by e
 
 The prediction table (one row per test example, built by `safe.eval.evaluation.prediction_table`) has columns
 `id, family, needs_audio, has_audio, answer, answers, pred_base, pred_safe, budget`, one `pred_b<k>` column per
-fixed token budget k, and the robustness probes `pred_distractor, pred_silent, pred_swapped` (None where not run).
+fixed token budget k, the robustness probes `pred_distractor, pred_silent, pred_swapped` (None where not run), and
+optionally the gate's `p_audio` and `audio_budget` (for `audio_threshold_curve`).
 """
 
 from __future__ import annotations
@@ -412,6 +413,34 @@ def compute_metrics(df: pd.DataFrame, latency: Mapping[str, Any]) -> dict[str, A
     return {k: out[k] for k in METRIC_KEYS}
 
 
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""The gate thresholds `audio_threshold_curve` reports."""
+
+
+def audio_threshold_curve(df: pd.DataFrame, thresholds: Sequence[float] = THRESHOLDS) -> list[dict[str, float]]:
+    """What the deploy-time knob trades: for each threshold on the gate's P(budget > 0), the answers the deployed
+    model would give (budget `audio_budget` where `p_audio` >= threshold, else 0, read from the pred_b<k> columns)
+    -> [{threshold, skip_rate (over rows with a clip), acc_all, acc_vl, acc_audio, mean_audio_tokens}]; [] when the
+    table lacks `p_audio` / `audio_budget`."""
+    columns = budget_columns(df)
+    if not {"p_audio", "audio_budget"} <= set(df.columns) or not columns:
+        return []
+    df = df.reset_index(drop=True)
+    p_audio = df["p_audio"].to_numpy(dtype=np.float64)  # (N,)
+    audio_budget = df["audio_budget"].to_numpy().astype(np.int64)  # (N,)
+    has = _mask(df, "has_audio")
+    audio = _mask(df, "needs_audio")
+    per_budget = {b: scores(df, c) for b, c in columns.items()}  # budget -> (N,)
+    curve = []
+    for t in thresholds:
+        budgets = np.where(has & (p_audio >= t), audio_budget, 0)  # (N,)
+        score_t = np.select([budgets == b for b in per_budget], list(per_budget.values()), default=np.nan)
+        curve.append({"threshold": float(t), "skip_rate": skip_rate(budgets[has]), "acc_all": _mean(score_t),
+                      "acc_vl": _mean(score_t[~audio]), "acc_audio": _mean(score_t[audio]),
+                      "mean_audio_tokens": mean_audio_tokens(budgets)})
+    return curve
+
+
 def compute_details(df: pd.DataFrame, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
     """The extra analysis behind report.md (JSON-serialisable; budgets are int keys, strings after a JSON trip).
 
@@ -420,7 +449,8 @@ def compute_details(df: pd.DataFrame, n_boot: int = 1000, alpha: float = 0.05, s
     1 - alpha interval); robustness {distractor|silent|swapped|deployed_irrelevant: flip_rate, n, acc_base,
     acc_probe} (probes: adapter forced on with wrong audio on VL-only rows, compared with the base answer);
     accuracy_vs_budget {all|vl|audio: {budget: acc}}; base_accuracy and safe_accuracy {all|vl|audio};
-    deployed {mean_audio_tokens, skip_rate}; oracle (see `oracle_gap`); bootstrap {n_boot, alpha, seed}.
+    deployed {mean_audio_tokens, skip_rate}; oracle (see `oracle_gap`); audio_threshold_curve (see
+    `audio_threshold_curve`); bootstrap {n_boot, alpha, seed}.
     """
     validate_predictions(df)
     df = df.reset_index(drop=True)  # positional row masks below
@@ -469,5 +499,6 @@ def compute_details(df: pd.DataFrame, n_boot: int = 1000, alpha: float = 0.05, s
         "safe_accuracy": {k: _mean(safe[m]) for k, m in subsets.items()},
         "deployed": {"mean_audio_tokens": mean_audio_tokens(budgets), "skip_rate": skip_rate(budgets)},
         "oracle": oracle_gap(df) if has_budgets else {},
+        "audio_threshold_curve": audio_threshold_curve(df),
         "bootstrap": {"n_boot": int(n_boot), "alpha": float(alpha), "seed": int(seed)},
     }

@@ -175,6 +175,19 @@ def _oracle(details: Mapping[str, Any]) -> str:
             + f"\n\nOracle gap (oracle - deployed accuracy): **{_pp(o['gap'])}**.")
 
 
+def _threshold_curve(details: Mapping[str, Any]) -> str:
+    curve = details.get("audio_threshold_curve") or []
+    if not curve:
+        return "_The prediction table has no gate probabilities._"
+    return ("The gate consults audio when its P(audio) reaches a threshold (`stage_c.audio_threshold`, saved with "
+            "the gate; `safe infer --audio-threshold` overrides it without retraining). What each threshold would "
+            "give on this split:\n\n"
+            + _table(["threshold", "skip rate (with a clip)", "accuracy", "VL-only", "audio-dependent",
+                      "mean audio tokens"],
+                     [[_num(r["threshold"], ".1f"), _pct(r["skip_rate"]), _pct(r["acc_all"]), _pct(r["acc_vl"]),
+                       _pct(r["acc_audio"]), _num(r["mean_audio_tokens"], ".2f")] for r in curve]))
+
+
 def _evaluation_sections(metrics: Mapping[str, Any], criteria: Mapping[str, Any], details: Mapping[str, Any],
                          level: int) -> list[str]:
     h = "#" * level
@@ -185,6 +198,7 @@ def _evaluation_sections(metrics: Mapping[str, Any], criteria: Mapping[str, Any]
         f"{h} Robustness to irrelevant audio\n\n{_robustness(details)}",
         f"{h} Accuracy vs audio budget\n\n{_accuracy_vs_budget(details)}",
         f"{h} Oracle gap\n\n{_oracle(details)}",
+        f"{h} The gate's threshold\n\n{_threshold_curve(details)}",
     ]
 
 

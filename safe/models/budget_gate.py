@@ -2,8 +2,12 @@
 
 A tiny classifier (one hidden layer, or multinomial logistic regression with hidden_dim=0) from the pre-audio state
 to a token budget, distilled from the Stage B policy by Stage C (`safe.training.stage_c.distill_gate`).
-`audio_probability` = P(budget > 0) is "the gate value" in [0, 1]. Not to be confused with the fusion block's gate
-(`safe.models.fusion_adapter`), which scales how much the audio tokens change a decoder layer's output.
+`audio_probability` = P(budget > 0) is "the gate value" in [0, 1], and the decision is a threshold on it: consult
+audio when P(budget > 0) >= `audio_threshold`, then with the most probable non-zero budget. So the printed value
+never contradicts the budget chosen, and `audio_threshold` is the deploy-time knob that trades skip rate against
+accuracy without retraining (saved with the gate; `safe infer --audio-threshold` overrides it). Not to be confused
+with the fusion block's gate (`safe.models.fusion_adapter`), which scales how much the audio tokens change a decoder
+layer's output.
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ class BudgetGate(BudgetClassifier):
     """
 
     kind = "deployment_gate"
+    extra_config_keys = ("audio_threshold",)
 
     def __init__(self, state_feature_dim: int, token_budgets: Sequence[int] = (0, 4, 8, 12),
-                 hidden_dim: int = 32) -> None:
+                 hidden_dim: int = 32, audio_threshold: float = 0.5) -> None:
         super().__init__(state_feature_dim, token_budgets)
         if int(hidden_dim) < 0:
             raise ValueError(f"hidden_dim must be >= 0 (0 = logistic regression), got {hidden_dim}")
         self.hidden_dim = int(hidden_dim)
+        self.audio_threshold = check_audio_threshold(audio_threshold)
         if self.hidden_dim == 0:
             self.net = nn.Linear(self.state_feature_dim, self.num_actions)
         else:
@@ -39,14 +45,36 @@ class BudgetGate(BudgetClassifier):
                                      nn.Linear(self.hidden_dim, self.num_actions))
 
     @torch.no_grad()
-    def predict_budget(self, states: Any, action_mask: Any = None) -> torch.Tensor:
-        """Budget VALUES (B,) the gate chooses (argmax)."""
-        return self.get_actions(states, deterministic=True, action_mask=action_mask)
+    def decide_indices(self, states: Any, action_mask: Any = None, audio_threshold: float | None = None) -> torch.Tensor:
+        """Column indices into `token_budgets` (B,): the most probable non-zero budget where P(budget > 0) >=
+        `audio_threshold` (default: the gate's own), else 0."""
+        threshold = self.audio_threshold if audio_threshold is None else check_audio_threshold(audio_threshold)
+        probs = self.action_probs(states, action_mask)  # (B, A); column 0 is budget 0
+        audio = probs[:, 1:]  # (B, A-1)
+        consult = (audio.sum(dim=-1) >= threshold) & (audio.sum(dim=-1) > 0)  # (B,) never audio the mask forbids
+        return torch.where(consult, audio.argmax(dim=-1) + 1, torch.zeros_like(consult, dtype=torch.long))
+
+    @torch.no_grad()
+    def predict_budget(self, states: Any, action_mask: Any = None, audio_threshold: float | None = None) -> torch.Tensor:
+        """Budget VALUES (B,) the gate chooses (see `decide_indices`)."""
+        idx = self.decide_indices(states, action_mask, audio_threshold)
+        return self.budgets.to(idx.device)[idx]
 
     @torch.no_grad()
     def audio_probability(self, states: Any, action_mask: Any = None) -> torch.Tensor:
-        """P(budget > 0) (B,): the gate value in [0, 1]."""
+        """P(budget > 0) (B,): the gate value in [0, 1]; the gate consults audio where it reaches `audio_threshold`."""
         return self.action_probs(states, action_mask)[:, 1:].sum(dim=-1)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "audio_threshold": self.audio_threshold}
+
+
+def check_audio_threshold(value: float) -> float:
+    """The threshold on P(budget > 0) as a float in [0, 1] (0: always audio when there is a clip; 1: almost never)."""
+    threshold = float(value)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"audio_threshold must be in [0, 1], got {value}")
+    return threshold
 
 
 
@@ -62,5 +90,4 @@ def load_gate(path: str | Path, map_location: str | torch.device = "cpu") -> Bud
 
 def gate_actions_on(gate: BudgetGate, states: Any, action_mask: Any = None) -> np.ndarray:
     """Budget indices (N,) as numpy, e.g. to score the gate with `safe.rl.reward.evaluate_actions`."""
-    with torch.no_grad():
-        return gate.get_action_indices(states, deterministic=True, action_mask=action_mask).cpu().numpy()
+    return gate.decide_indices(states, action_mask).cpu().numpy()

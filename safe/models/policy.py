@@ -82,12 +82,14 @@ class BudgetClassifier(nn.Module):
     """Shared base of the policy and the deployment gate: normaliser + network scoring each budget.
 
     Subclasses set `kind` (the tag in config.json), `hidden_dim` and build `self.net` (normalised state (B, S) ->
-    logits (B, A)); `__init__(state_feature_dim, token_budgets, hidden_dim)` rebuilds one from its config.
+    logits (B, A)); `__init__(state_feature_dim, token_budgets, hidden_dim, **extra)` rebuilds one from its config,
+    where `extra` holds the config keys a subclass lists in `extra_config_keys`.
     """
 
     kind: str
     hidden_dim: int
     net: nn.Module
+    extra_config_keys: tuple[str, ...] = ()
 
     def __init__(self, state_feature_dim: int, token_budgets: Sequence[int]) -> None:
         super().__init__()
@@ -197,7 +199,8 @@ def load_module_dir(path: str | Path, cls: type[BudgetClassifier],
         raise ValueError(f"{config_path}: invalid JSON: {exc}") from exc
     if config.get("kind") != cls.kind:
         raise ValueError(f"{config_path}: expected kind {cls.kind!r}, got {config.get('kind')!r}")
-    module = cls(config["state_feature_dim"], config["token_budgets"], config["hidden_dim"])
+    extra = {k: config[k] for k in cls.extra_config_keys if k in config}  # absent in older saves: the default
+    module = cls(config["state_feature_dim"], config["token_budgets"], config["hidden_dim"], **extra)
     module.load_state_dict(load_file(str(weights_path)))
     return module.to(map_location).eval()
 

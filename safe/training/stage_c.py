@@ -19,9 +19,7 @@ from safe.training.stage_b import MetricsLogger, check_row_weights
 def _agreement(gate: BudgetGate, states: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None) -> float:
     if len(states) == 0:
         return float("nan")
-    with torch.no_grad():
-        pred = gate.get_action_indices(states, deterministic=True, action_mask=mask)
-    return float((pred == targets).float().mean())
+    return float((gate.decide_indices(states, mask) == targets).float().mean())
 
 
 def distill_gate(policy: AudioPolicyNetwork, states: Any, config: Any, action_mask: Any = None,
@@ -29,14 +27,14 @@ def distill_gate(policy: AudioPolicyNetwork, states: Any, config: Any, action_ma
                  log_every: int = 10, row_weights: Any = None) -> tuple[BudgetGate, dict[str, float]]:
     """Train a BudgetGate to imitate `policy` on `states` (N, S).
 
-    config: any object with epochs, lr, hidden_dim, seed (e.g. `safe.config.StageCConfig`).
+    config: any object with epochs, lr, hidden_dim, seed and optionally audio_threshold (`safe.config.StageCConfig`).
     Targets: the policy's argmax budget (cross-entropy); with soft_targets=True the policy's probabilities instead.
     A seeded `holdout_fraction` of the rows is kept out of training to measure held-out agreement. Training is
     full-batch Adam for `config.epochs` steps; the same action mask (rows without audio -> budget 0) is applied to the
     gate's logits as to the policy's. `row_weights` (N,) weigh each row's loss (Stage B's `mix_weights`, so the
     gate imitates the policy hardest where deployment questions are); agreement is reported unweighted.
 
-    Report: agreement_train, agreement_heldout (share of rows where gate argmax == policy argmax), n_train,
+    Report: agreement_train, agreement_heldout (share of rows where the gate's decision == policy argmax), n_train,
     n_heldout, final_loss, skip_rate_policy, skip_rate_gate (over all rows).
     """
     for name in ("epochs", "lr", "hidden_dim", "seed"):
@@ -63,7 +61,8 @@ def distill_gate(policy: AudioPolicyNetwork, states: Any, config: Any, action_ma
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        gate = BudgetGate(policy.state_feature_dim, policy.token_budgets, config.hidden_dim)
+        gate = BudgetGate(policy.state_feature_dim, policy.token_budgets, config.hidden_dim,
+                          audio_threshold=getattr(config, "audio_threshold", 0.5))
     gate.fit_normalizer(x[tr])
     gate.train()
     optimizer = torch.optim.Adam(gate.parameters(), lr=config.lr)
@@ -82,8 +81,7 @@ def distill_gate(policy: AudioPolicyNetwork, states: Any, config: Any, action_ma
             logger.log_metrics({"distill_loss": loss.item(),
                                 "agreement_train": _agreement(gate, x[tr], targets[tr], pick_mask(tr))}, epoch)
     gate.eval()
-    with torch.no_grad():
-        gate_idx = gate.get_action_indices(x, deterministic=True, action_mask=mask)
+    gate_idx = gate.decide_indices(x, mask)
     report = {
         "agreement_train": _agreement(gate, x[tr], targets[tr], pick_mask(tr)),
         "agreement_heldout": _agreement(gate, x[held], targets[held], pick_mask(held)),

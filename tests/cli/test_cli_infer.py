@@ -43,6 +43,26 @@ def test_infer_answers_with_a_bundle_folder(bundle, media, capsys):
     assert answer["budget"] in (0, 4, 8, 12)
 
 
+def test_audio_threshold_moves_the_decision_the_printed_probability_explains(bundle, media, capsys):
+    """The printed P(audio) and the budget agree at any threshold: 0 always consults the clip, 1 skips it unless
+    the gate is certain."""
+    answers = {}
+    for threshold in ("0", "1"):
+        code, out, err = run(_infer(bundle, "--image", media["image"], "--audio", media["audio"], "--question",
+                                    QUESTION, "--json", "--audio-threshold", threshold), capsys)
+        assert code == 0, err
+        answers[threshold] = json.loads(out.strip().splitlines()[-1])
+    assert answers["0"]["budget"] > 0
+    assert (answers["1"]["budget"] > 0) == (answers["1"]["gate"] >= 1.0)
+    assert answers["0"]["gate"] == answers["1"]["gate"]  # the knob moves the decision, not the gate
+
+
+@pytest.mark.parametrize("threshold", ["1.5", "-0.1"])
+def test_audio_threshold_outside_0_1_is_refused(bundle, media, capsys, threshold):
+    expect_error(_infer(bundle, "--image", media["image"], "--question", QUESTION, "--audio-threshold", threshold),
+                 capsys, 2, "--audio-threshold", threshold)
+
+
 def test_greyscale_and_transparent_images_answer_with_a_note(bundle, tmp_path, capsys):
     Image.new("L", (32, 32), 90).save(tmp_path / "grey.png")
     code, _, err = run(_infer(bundle, "--image", tmp_path / "grey.png", "--question", QUESTION), capsys)

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from safe.eval.metrics import (METRIC_KEYS, EvalInputError, accuracy_by_family, accuracy_vs_budget, compute_details,
+from safe.eval.metrics import (METRIC_KEYS, EvalInputError, accuracy_by_family, accuracy_vs_budget, audio_threshold_curve,
+                               compute_details,
                                compute_metrics, exact_match, flip_rate, flip_rate_upper, mean_audio_tokens,
                                normalize_answer, oracle_gap, paired_bootstrap_ci, paired_mean_bound, score, skip_rate,
                                skip_rate_by_family, vqa_soft_accuracy)
@@ -246,3 +247,18 @@ def test_compute_details(six_rows):
     assert d["accuracy_vs_budget"]["audio"][8] == pytest.approx(2 / 3)
     assert d["oracle"]["oracle_acc"] >= d["oracle"]["deployed_acc"]
     json.loads(json.dumps(d))  # serialisable for details.json
+
+
+def test_audio_threshold_curve_by_hand(six_rows):
+    """Rows with a clip: b, c (VL) and d, e, f (audio). P(audio) 0.2 / 0.6 / 0.9 / 0.4 / 0.7, audio budget 4 / 4 / 8 /
+    12 / 12. Threshold 0.5 consults c, d, f: skip 2 of 5; answers a red(b0) b blue(b0) c 2(b4) d dog(b8) e 3(b0)
+    f none(b12) -> VL 0.9 + 1 + 1 of 3, audio 3 of 3; at 0.1 every clip is consulted and b gets green (b4)."""
+    df = six_rows.assign(p_audio=[0.0, 0.2, 0.6, 0.9, 0.4, 0.7], audio_budget=[0, 4, 4, 8, 12, 12])
+    curve = dict(zip((0.1, 0.5, 0.95), audio_threshold_curve(df, thresholds=(0.1, 0.5, 0.95))))
+    assert curve[0.5]["skip_rate"] == pytest.approx(2 / 5)
+    assert curve[0.5]["acc_vl"] == pytest.approx(2.9 / 3) and curve[0.5]["acc_audio"] == pytest.approx(1.0)
+    assert curve[0.1]["acc_vl"] == pytest.approx(1.9 / 3)
+    assert curve[0.5]["mean_audio_tokens"] == pytest.approx((4 + 8 + 12) / 6)
+    assert curve[0.1]["skip_rate"] == 0.0 and curve[0.95]["skip_rate"] == 1.0
+    assert audio_threshold_curve(six_rows) == []  # no gate probabilities: no curve
+    assert compute_details(df)["audio_threshold_curve"][4]["threshold"] == 0.5

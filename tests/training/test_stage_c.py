@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -47,6 +49,33 @@ def test_gate_value_is_probability_of_using_audio(policy_and_tables):
     masked = gate.audio_probability(test.states, action_mask=test.action_mask())
     assert torch.all(masked[~test.has_audio] == 0.0)
     assert masked[test.needs_audio].mean() > 0.9 and masked[~test.needs_audio].mean() < 0.1
+
+
+def test_the_decision_is_a_threshold_on_the_printed_probability(policy_and_tables, tmp_path):
+    """Audio is consulted exactly where P(audio) reaches the threshold, with the most probable non-zero budget; a
+    higher threshold never consults audio more often; the threshold travels with the saved gate."""
+    policy, train, test = policy_and_tables
+    gate, _ = distill_gate(policy, train.states, StageCConfig(epochs=100, hidden_dim=16, audio_threshold=0.3),
+                           train.action_mask())
+    assert gate.audio_threshold == 0.3
+    p = gate.audio_probability(test.states)
+    probs = gate.action_probs(test.states)
+    skips = []
+    for threshold in (0.0, 0.3, 0.5, 0.8, 1.0):
+        budgets = gate.predict_budget(test.states, audio_threshold=threshold)
+        assert torch.equal(budgets > 0, (p >= threshold) & (p > 0))
+        best = gate.budgets[probs[:, 1:].argmax(dim=-1) + 1]
+        assert torch.equal(budgets[budgets > 0], best[budgets > 0])
+        skips.append(float((budgets == 0).float().mean()))
+    assert skips == sorted(skips) and skips[0] < skips[-1]
+    assert torch.equal(gate.predict_budget(test.states), gate.predict_budget(test.states, audio_threshold=0.3))
+    loaded = load_gate(save_gate(gate, tmp_path / "gate"))
+    assert loaded.audio_threshold == 0.3
+    config_file = next((tmp_path / "gate").glob("*.json"))
+    config = json.loads(config_file.read_text())
+    del config["audio_threshold"]  # a gate saved before the threshold existed
+    config_file.write_text(json.dumps(config))
+    assert load_gate(tmp_path / "gate").audio_threshold == 0.5
 
 
 def test_logger_receives_distillation_metrics(policy_and_tables):
