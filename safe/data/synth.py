@@ -22,8 +22,10 @@ gives byte-identical files on the same machine.
 Paraphrases: every question template has several training phrasings and two disjoint held-out pools
 (`Phrasings`): one only validation questions use, one only test questions use (HELDOUT_SHARE of each split's
 questions; `extras.paraphrase_heldout` says which). So every selection made on validation (early stopping, the
-Stage B checkpoint, defaults) already sees questions phrased as training never phrased them (10 of the 11 validation
-phrasings, like 10 of the 11 test ones, have a word no training question has), without looking at test.
+Stage B checkpoint, defaults) already sees questions phrased as training never phrased them (most held-out phrasings
+have a word no training question has), without looking at test. Training has four to seven phrasings per template,
+so a model trained from scratch learns the content words (shape, colour, beeps, hear), not one sentence per template
+(docs/EXPERIMENTS.md#training-phrasings).
 """
 
 from __future__ import annotations
@@ -81,57 +83,72 @@ class Phrasings(NamedTuple):
 # Slots: {shape} {color} {a_animal} ("an owl").
 TEMPLATES: dict[str, Phrasings] = {
     "count_shapes": Phrasings(
-        ("how many shapes are there?", "how many shapes do you see?", "count the shapes in the picture."),
+        ("how many shapes are there?", "how many shapes do you see?", "count the shapes in the picture.",
+         "how many objects are there?", "tell me how many shapes are drawn.", "how many shapes are in this picture?",
+         "count how many objects you see."),
         ("how many shapes does the image show?",),
         ("what is the number of shapes in the image?",),
     ),
     "color_of_shape": Phrasings(
-        ("what color is the {shape}?", "which color does the {shape} have?"),
+        ("what color is the {shape}?", "which color does the {shape} have?", "what colour is the {shape}?",
+         "tell me the color of the {shape}.", "which color is the {shape} drawn in?", "the {shape} is which color?"),
         ("what is the color of the {shape}?",),
         ("the {shape} is painted in which color?",),
     ),
     "shape_of_color": Phrasings(
-        ("what shape is {color}?", "which shape is {color}?"),
+        ("what shape is {color}?", "which shape is {color}?", "what shape is the {color} one?",
+         "tell me the shape of the {color} object.", "which shape has the color {color}?",
+         "the {color} thing is which shape?"),
         ("what is the shape of the {color} object?",),
         ("the {color} object has which shape?",),
     ),
     "exists_color_shape": Phrasings(
-        ("is there a {color} {shape}?", "do you see a {color} {shape}?"),
+        ("is there a {color} {shape}?", "do you see a {color} {shape}?", "is a {color} {shape} shown?",
+         "does the image have a {color} {shape}?", "can you see a {color} {shape}?",
+         "is there any {color} {shape} in the picture?"),
         ("can you find a {color} {shape} in the image?",),
         ("does the picture contain a {color} {shape}?",),
     ),
     "animal": Phrasings(
-        ("what animal do you hear?", "which animal is making this sound?"),
+        ("what animal do you hear?", "which animal is making this sound?", "name the animal you hear.",
+         "what animal makes this sound?", "which animal can you hear in the audio?",
+         "the sound comes from which animal?"),
         ("what kind of animal makes the noise in this clip?",),
         ("what creature can be heard in the recording?",),
     ),
     "count_beeps": Phrasings(
-        ("how many beeps do you hear?", "how many beeps are there?"),
+        ("how many beeps do you hear?", "how many beeps are there?", "count the beeps.",
+         "how many times does it beep?", "tell me how many beeps you hear.", "how many beeps does the sound have?"),
         ("what is the number of beeps in the clip?",),
         ("count the beeps in the audio.",),
     ),
     "tone_pitch": Phrasings(
-        ("is the tone high or low?", "is the pitch of the tone high or low?"),
+        ("is the tone high or low?", "is the pitch of the tone high or low?", "tell me if the tone is high or low.",
+         "is the sound high or low?", "is the beep high pitched or low pitched?"),
         ("is this a high tone or a low one?",),
         ("does the tone sound high or low?",),
     ),
     "sweep_direction": Phrasings(
-        ("is the sound rising or falling?", "is the pitch rising or falling?"),
+        ("is the sound rising or falling?", "is the pitch rising or falling?", "is the sweep rising or falling?",
+         "tell me whether the pitch is rising or falling.", "does the sound rise or fall?"),
         ("is the frequency of the sound rising or falling over time?",),
         ("does the sweep go rising or falling in pitch?",),
     ),
     "spoken_word": Phrasings(
-        ("what word is spoken?", "which word do you hear?"),
+        ("what word is spoken?", "which word do you hear?", "what word is said in the audio?",
+         "tell me the spoken word.", "which word does the speaker say?", "what is the word you hear?"),
         ("which word is being said?",),
         ("what word does the voice say?",),
     ),
     "beeps_match_shapes": Phrasings(
-        ("does the number of beeps match the number of shapes?", "are there as many beeps as shapes?"),
+        ("does the number of beeps match the number of shapes?", "are there as many beeps as shapes?",
+         "do the beeps and shapes come in equal numbers?", "are the beeps as many as the shapes?"),
         ("is the number of beeps the same as the number of shapes?",),
         ("is the beep count equal to the shape count?",),
     ),
     "color_and_animal": Phrasings(
-        ("is there a {color} shape and do you hear {a_animal}?", "do you see a {color} shape and hear {a_animal}?"),
+        ("is there a {color} shape and do you hear {a_animal}?", "do you see a {color} shape and hear {a_animal}?",
+         "can you see a {color} shape and hear {a_animal}?", "is a {color} shape shown and is {a_animal} heard?"),
         ("does the image show a {color} shape while the clip has {a_animal} in it?",),
         ("is a {color} shape visible while {a_animal} can be heard?",),
     ),
