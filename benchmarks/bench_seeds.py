@@ -4,6 +4,7 @@ Usage, in a project where `dvc repro` has run (any profile):
 
     python benchmarks/bench_seeds.py --seeds 5          # seeds 0..4
     python benchmarks/bench_seeds.py --seeds 1 3 --keep  # seeds 1 and 3, keep the seed folders
+    python benchmarks/bench_seeds.py --seeds 5 --jobs 2  # two seeds at a time, one torch thread each (2 cores)
 
 For each seed it copies the project (code, params, dvc.lock and data/; the `.safe_cache` is shared) into a temporary
 folder, sets `stage_a.seed` and `stage_b.seed` in its params.yaml, and runs `dvc repro promote` there: DVC reruns
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import yaml
@@ -50,12 +52,15 @@ def seed_project(project: Path, dst: Path, seed: int) -> None:
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)  # dvc needs a repository root; nothing is committed
 
 
-def run_seed(project: Path, seed: int, keep: bool) -> dict:
+def run_seed(project: Path, seed: int, keep: bool, threads: int | None = None) -> dict:
+    """Retrain stage_a -> promote with `seed` in a copy of `project`; `threads`: torch threads of its processes."""
     folder = Path(tempfile.mkdtemp(prefix=f"safe-seed{seed}-"))
     try:
         seed_project(project, folder, seed)
         env = {**os.environ, "SAFE_PROJECT_DIR": str(folder), "SAFE_CACHE_DIR": str(project / ".safe_cache"),
                "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"}
+        if threads is not None:  # seeds side by side: one thread each beats oversubscribed OpenMP spinning
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         env.pop("SAFE_MLFLOW_PARENT_RUN_ID", None)
         (folder / "mlruns").mkdir(exist_ok=True)
         start = time.perf_counter()
@@ -86,6 +91,8 @@ def main() -> None:
                         help="one number N = seeds 0..N-1; several numbers = those seeds")
     parser.add_argument("--project", type=Path, default=ROOT, help="project folder where dvc repro has run")
     parser.add_argument("--keep", action="store_true", help="keep each seed's folder (printed) for inspection")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds trained side by side, each with cores / jobs torch threads (default 1)")
     args = parser.parse_args()
     project = args.project.resolve()
     if not (project / "dvc.lock").is_file() or not (project / "data/eval/metrics.json").is_file():
@@ -96,24 +103,32 @@ def main() -> None:
     print(f"seeds {seeds} on {project} ({profile} profile): stage_a -> promote retrained per seed")
     header = "  ".join(f"{name + (' (bound)' if bound else ''):>30}" for name, bound in SHOWN)
     print(f"  {'seed':>4}  {header}  {'decision':>9}  {'time':>7}")
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    start = time.perf_counter()
     runs = []
-    for seed in seeds:
-        run = run_seed(project, seed, args.keep)
-        runs.append(run)
-        m = run["metrics"]
-        cells = "  ".join(f"{m[name]:>14.4f} ({m[bound]:.4f})".rjust(30) if bound else f"{m[name]:>30.4f}"
-                          for name, bound in SHOWN)
-        print(f"  {seed:>4}  {cells}  {run['decision']:>9}  {run['seconds']:>6.0f}s", flush=True)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each seed is a `dvc repro` subprocess
+        for future in as_completed([pool.submit(run_seed, project, seed, args.keep, threads) for seed in seeds]):
+            run = future.result()
+            runs.append(run)
+            m = run["metrics"]
+            cells = "  ".join(f"{m[name]:>14.4f} ({m[bound]:.4f})".rjust(30) if bound else f"{m[name]:>30.4f}"
+                              for name, bound in SHOWN)
+            print(f"  {run['seed']:>4}  {cells}  {run['decision']:>9}  {run['seconds']:>6.0f}s", flush=True)
+    runs.sort(key=lambda r: r["seed"])
+    wall = time.perf_counter() - start
     print("  range over seeds:")
     for name, bound in SHOWN:
         for key in (name, bound) if bound else (name,):
             values = [r["metrics"][key] for r in runs]
             print(f"    {key:<28} {min(values):.4f} .. {max(values):.4f}")
     passed = sum(r["decision"] == "champion" for r in runs)
-    print(f"  seeds promoted (every criterion): {passed}/{len(runs)}; "
-          f"{sum(r['seconds'] for r in runs) / 60:.1f} min in all")
+    print(f"  seeds promoted (every criterion): {passed}/{len(runs)}; {wall / 60:.1f} min wall time "
+          f"({args.jobs} side by side)")
     record = {"commit": _git_commit(), "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()})",
-              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "profile": profile, "runs": runs}
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "profile": profile, "jobs": args.jobs,
+              "wall_seconds": round(wall, 1), "runs": runs}
     with RESULTS.open("a") as fh:
         fh.write(json.dumps(record) + "\n")
     print(f"  appended to {RESULTS.relative_to(ROOT)}")
