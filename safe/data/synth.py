@@ -289,19 +289,25 @@ def _animal_energy(label: str) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(rec.astype(np.float64) ** 2)])
 
 
+def _loud_window(rng: np.random.Generator, label: str, m: int, hop: int = SR // 20) -> np.ndarray:
+    """A random m-sample window of the recording with at least 60% of the loudest window's energy, starts on a
+    `hop` grid (the whole recording when it is not longer than m)."""
+    rec = animal_recordings(SR)[label]
+    if len(rec) <= m:
+        return rec
+    cum = _animal_energy(label)
+    starts = np.arange(0, len(rec) - m + 1, hop)
+    energy = cum[starts + m] - cum[starts]
+    good = starts[energy >= 0.6 * energy.max()]
+    start = int(good[rng.integers(len(good))])
+    return rec[start : start + m]
+
+
 def animal_clip(rng: np.random.Generator, label: str, n: int) -> np.ndarray:
     """A loud window of the recording, pitch-shifted by up to +-1.5 semitones, placed in an n-sample clip."""
-    rec = animal_recordings(SR)[label]
     factor = 2 ** (rng.uniform(-1.5, 1.5) / 12)
     m = int(round(n * 0.9 * factor))  # source samples that become ~90% of the clip after the shift
-    if len(rec) > m:
-        cum = _animal_energy(label)
-        starts = np.arange(0, len(rec) - m + 1, SR // 20)
-        energy = cum[starts + m] - cum[starts]
-        good = starts[energy >= 0.6 * energy.max()]
-        start = int(good[rng.integers(len(good))])
-        rec = rec[start : start + m]
-    return _finish(rng, _place(rng, _stretch(rec, factor), n))
+    return _finish(rng, _place(rng, _stretch(_loud_window(rng, label, m), factor), n))
 
 
 def beeps_clip(rng: np.random.Generator, count: int, n: int) -> np.ndarray:
@@ -349,14 +355,7 @@ def event_sound(rng: np.random.Generator, name: str, m: int) -> np.ndarray:
         phase = 2 * np.pi * rng.uniform(2200, 3200) * t + rng.uniform(3, 8) * np.sin(2 * np.pi * rng.uniform(5, 8) * t)
         sound = (np.sin(phase) * _ramp(m)).astype(np.float32)
     else:
-        rec = animal_recordings(SR)[name]
-        if len(rec) > m:
-            cum = _animal_energy(name)
-            starts = np.arange(0, len(rec) - m + 1, SR // 50)
-            energy = cum[starts + m] - cum[starts]
-            good = starts[energy >= 0.6 * energy.max()]
-            start = int(good[rng.integers(len(good))])
-            rec = rec[start : start + m]
+        rec = _loud_window(rng, name, m, hop=SR // 50)
         sound = np.zeros(m, dtype=np.float32)
         sound[: len(rec)] = rec * _ramp(len(rec))
     peak = float(np.abs(sound).max())
