@@ -76,7 +76,7 @@ class FeatureStore:
 
     def __post_init__(self) -> None:
         if self.segments is None:
-            self.segments = self.pooled.unsqueeze(1)  # (N, 1, D)
+            self.segments = self.pooled.unsqueeze(1).clone()  # (N, 1, D), own storage: safetensors refuses shared
         if self.segments.shape[0] != self.pooled.shape[0] or self.segments.shape[-1] != self.pooled.shape[-1]:
             raise ValueError(f"feature store: segments {tuple(self.segments.shape)} do not match pooled "
                              f"{tuple(self.pooled.shape)}")

@@ -191,9 +191,12 @@ def test_wrong_sized_cache_entry_is_named(manifest, encoder, tmp_path):
         _extract(manifest, encoder, tmp_path)
 
 
-def test_store_without_segments_uses_pooled_as_one_segment():
+def test_store_without_segments_uses_pooled_as_one_segment(tmp_path):
     store = FeatureStore(["a", "b"], torch.randn(2, 8), torch.zeros(2, 3), "enc")
     assert store.num_segments == 1 and torch.equal(store.get("a")[0], store.pooled[:1])
+    store.save(tmp_path / "store")
+    loaded = FeatureStore.load(tmp_path / "store")
+    assert torch.equal(loaded.segments, store.segments) and torch.equal(loaded.pooled, store.pooled)
 
 
 def test_audio_stats_of_silence_and_tone():
