@@ -137,7 +137,9 @@ TEMPLATES: dict[str, Phrasings] = {
     "sound_order": Phrasings(
         ("which sound came first, the {sound_a} or the {sound_b}?",
          "which did you hear first, the {sound_a} or the {sound_b}?",
-         "what comes first in the clip, the {sound_a} or the {sound_b}?"),
+         "what comes first in the clip, the {sound_a} or the {sound_b}?",
+         "tell me which came first, the {sound_a} or the {sound_b}.",
+         "which sound plays first, the {sound_a} or the {sound_b}?"),
         ("which one starts earlier, the {sound_a} or the {sound_b}?",),
         ("which is heard before the other, the {sound_a} or the {sound_b}?",),
     ),
