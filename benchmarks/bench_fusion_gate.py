@@ -31,7 +31,7 @@ def gates(model, manifest, store, records, distractors: bool) -> dict[bool, list
     for batch in loader:
         feats = batch.audio_features
         if distractors:  # another example's clip, the same one in every run
-            feats = store.pooled[(torch.arange(len(batch.records)) + offset + 1) % len(store.pooled)]
+            feats = store.segments[(torch.arange(len(batch.records)) + offset + 1) % len(store.segments)]
         offset += len(batch.records)
         _, g = model(batch.vl, max(model.token_budgets), audio_features=feats, return_gates=True)  # g: (B, L)
         for record, value in zip(batch.records, g.mean(1).tolist()):

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from safe.config import build_config
-from safe.models.audio_encoders import ClapAudioEncoder
+from safe.models.audio_encoders import NUM_SEGMENTS, ClapAudioEncoder
 from safe.models.base_vl import IMAGE_TOKEN, BaseVLModel, build_processor, build_subword_tokenizer
 from safe.models.safe_model import SAFEArchitecture, SAFEModel
 from safe.training.losses import answer_loss, answer_positions, retention_kl
@@ -174,7 +174,7 @@ class Bench:
         vl = self.base.encode([QUESTIONS[i] for i in pick], images, answers=[ANSWERS[i] for i in pick]).to(self.device)
         needs = torch.tensor([i % 2 == 0 for i in range(n)], device=self.device)  # half audio-dependent, as Stage A
         budgets = torch.tensor([[12, 4, 8, 0][i % 4] for i in range(n)])  # every budget, one in four rows base-only
-        feats = torch.randn(n, self.encoder.embed_dim, device=self.device)
+        feats = torch.randn(n, NUM_SEGMENTS, self.encoder.embed_dim, device=self.device)  # (n, S, D) segments
         return vl, needs, budgets, feats
 
     def stage_a_step(self, vl, needs, budgets, feats, optimizer) -> dict[str, float]:

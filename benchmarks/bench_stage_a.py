@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     waves = [(0.3 * rng.standard_normal(16000)).astype(np.float32) for _ in range(args.batch)]
     image = Image.new("RGB", (cfg.data.image_size,) * 2, (0, 0, 255))
     batch = base.encode(["how many beeps do you hear?"] * args.batch, [image] * args.batch, ["two"] * args.batch)
-    cached = encoder.encode(waves).pooled
+    cached = encoder.encode(waves).segments  # (B, S, D): what the feature cache holds
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step(features=None, raw=None):

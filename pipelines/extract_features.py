@@ -40,15 +40,16 @@ def main() -> None:
             return
         split_of = {r.id: r.split for r in manifest.records}
         with atomic_dir(DATA_DOCS / "features") as docs:
-            check = validate_features({"pooled": store.pooled.numpy(), "stats": store.stats.numpy()},
-                                      {"pooled": store.embed_dim, "stats": len(STAT_NAMES)}, ids=store.ids,
+            arrays = {"pooled": store.pooled.numpy(), "segments": store.segments.numpy(), "stats": store.stats.numpy()}
+            check = validate_features(arrays, {"pooled": store.embed_dim, "segments": store.embed_dim,
+                                               "stats": len(STAT_NAMES)}, ids=store.ids,
                                       splits=[split_of[i] for i in store.ids], dim_checks=("pooled",), docs_dir=docs)
             if not check.success:
                 fail(f"feature checks failed; nothing was written.\n{check.to_markdown()}")
             tracker.log_artifact(docs, "data_docs")
         with atomic_dir(FEATURES) as tmp:
             store.save(tmp)
-        metrics = {**report.to_json(), "embed_dim": store.embed_dim}
+        metrics = {**report.to_json(), "embed_dim": store.embed_dim, "segments": store.num_segments}
         print(f"extract_features: {report.summary()}")
         tracker.log_metrics(metrics)
         write_json_atomic(METRICS / "extract_features.json", metrics)

@@ -29,7 +29,7 @@ SILENCE_SECONDS = (0.5, 1.0, 2.0, 4.0)
 
 
 def silent_features(cfg) -> torch.Tensor:
-    """(S, D) encoder features of silence: digital zeros and a -70 dBFS noise floor at each of SILENCE_SECONDS."""
+    """(N, S, D) segment summaries of silence: digital zeros and a -70 dBFS noise floor at each of SILENCE_SECONDS."""
     encoder = build_audio_encoder(cfg.model.audio_encoder, cache_dir=CACHE / "encoders", seed=cfg.model.seed)
     rng = np.random.default_rng(cfg.stage_a.seed)
     waves = []
@@ -37,7 +37,7 @@ def silent_features(cfg) -> torch.Tensor:
         n = int(16000 * seconds)
         waves += [np.zeros(n, dtype=np.float32), (rng.standard_normal(n) * 3e-4).astype(np.float32)]
     with torch.no_grad():
-        return encoder.encode(waves).pooled.float().cpu()
+        return encoder.encode(waves).segments.float().cpu()
 
 
 def main() -> None:

@@ -397,7 +397,8 @@ class SafeConfig:
 # ---------------------------------------------------------------- types and ranges of every field
 
 MAX_TOKEN_BUDGET = 64
-"""Largest audio-token budget: the projector's output layer grows linearly with it (hidden x budget x text width)."""
+"""Largest audio-token budget accepted here. The features hold a fixed number of segment summaries per clip
+(`safe.models.audio_encoders.NUM_SEGMENTS`), one per token: a larger budget fails at the projector, naming both."""
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from safe.data.media import MediaError, audio_info, load_image, scan_audio
 from safe.environment import set_environment
 from safe.io import write_text_atomic
 
-SYNTH_FAMILIES = ("vl", "vl_distractor", "audio", "audio_visual", "silent_control")
+SYNTH_FAMILIES = ("vl", "vl_distractor", "audio", "audio_order", "audio_visual", "silent_control")
 MANIFEST_COLUMNS = ("id", "split", "source", "family", "question", "answer", "image", "audio", "needs_audio")
 _TEXT_COLUMNS = ("split", "source", "family", "question", "answer")
 _RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": ["id"]}

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset, Sampler
 
 from safe.data.features import FeatureStore, STAT_NAMES
 from safe.data.manifest import Manifest, ManifestRecord
+from safe.models.audio_encoders import NUM_SEGMENTS
 from safe.data.media import load_audio, load_image
 
 
@@ -19,7 +20,7 @@ from safe.data.media import load_audio, load_image
 class Example:
     record: ManifestRecord
     image: Image.Image | None
-    audio_features: torch.Tensor | None  # (D,) cached pooled embedding, when a feature store is given
+    audio_features: torch.Tensor | None  # (S, D) cached segment summaries, when a feature store is given
     audio_stats: torch.Tensor  # (3,) rms, peak, duration; zeros without audio
     waveform: np.ndarray | None  # raw 16 kHz audio, when load_waveforms=True
 
@@ -67,7 +68,7 @@ class Batch:
 
     vl: "object"  # safe.models.base_vl.VLBatch
     records: list[ManifestRecord]
-    audio_features: torch.Tensor  # (B, D) zeros where has_audio is False
+    audio_features: torch.Tensor  # (B, S, D) segment summaries; zeros where has_audio is False
     audio_stats: torch.Tensor  # (B, 3)
     has_audio: torch.Tensor  # (B,) bool
     needs_audio: torch.Tensor  # (B,) bool
@@ -90,13 +91,15 @@ class LlavaCollator:
     """Builds LLaVA prompts (with `<image>` placeholders) through the base model's processor.
 
     With `with_answers`, the answer is appended and labelled for the new-task loss; otherwise the batch is a
-    prompt for generation.
+    prompt for generation. Audio features are stacked as (B, num_segments, D); a store's single pooled segment
+    (S = 1) is repeated over them, as the projector would.
     """
 
-    def __init__(self, base_vl, audio_embed_dim: int, with_answers: bool = True):
+    def __init__(self, base_vl, audio_embed_dim: int, with_answers: bool = True, num_segments: int = NUM_SEGMENTS):
         self.base_vl = base_vl
         self.audio_embed_dim = audio_embed_dim
         self.with_answers = with_answers
+        self.num_segments = num_segments
 
     def __call__(self, examples: Sequence[Example]) -> Batch:
         records = [e.record for e in examples]
@@ -105,7 +108,7 @@ class LlavaCollator:
             answers=[r.answer for r in records] if self.with_answers else None,
         )
         B = len(examples)
-        feats = torch.zeros(B, self.audio_embed_dim)
+        feats = torch.zeros(B, self.num_segments, self.audio_embed_dim)
         has = torch.zeros(B, dtype=torch.bool)
         for i, e in enumerate(examples):
             if e.audio_features is not None:
@@ -113,6 +116,11 @@ class LlavaCollator:
                     raise ValueError(
                         f"example {e.record.id}: cached audio feature dim {e.audio_features.shape[-1]} != "
                         f"{self.audio_embed_dim}; re-run extract_features for this encoder"
+                    )
+                if e.audio_features.dim() == 2 and e.audio_features.shape[0] not in (1, self.num_segments):
+                    raise ValueError(
+                        f"example {e.record.id}: {e.audio_features.shape[0]} cached segment summaries, the collator "
+                        f"stacks {self.num_segments}; re-run extract_features"
                     )
                 feats[i] = e.audio_features
                 has[i] = True

@@ -8,9 +8,11 @@
 2. if the shard's done marker `<root>/shards/<shard key>.json` exists (and its clips are in the cache), skips the
    shard without decoding any audio -- an interrupted run resumes here;
 3. otherwise decodes and encodes only the clips missing from the content cache
-   `<root>/clips/<sha256[:2]>/<sha256>.npy` (pooled embedding (D,) then stats (3,)), then writes the marker.
+   `<root>/clips/<sha256[:2]>/<sha256>.npy` (pooled embedding (D,), the coarse-to-fine segment summaries
+   (NUM_SEGMENTS, D) of `safe.models.audio_encoders.temporal_segments`, then stats (3,)), then writes the marker.
 
-`<root>` = `<cache_dir>/<encoder fingerprint>[-<audio tag>]`. Every cache file is written atomically (temp file +
+`<root>` = `<cache_dir>/<encoder fingerprint>[-<audio tag>]-<FEATURE_LAYOUT>`: the layout names what an entry holds,
+so entries of an older layout (pooled only) live in another folder and are never read as this one's. Every cache file is written atomically (temp file +
 rename), so a killed process leaves whole entries or none, and two processes writing the same clip cannot corrupt
 it. A changed clip has a new hash: its shard's key changes and only that clip is encoded again.
 
@@ -34,6 +36,7 @@ from tqdm import tqdm
 from safe.data.manifest import Manifest
 from safe.distributed import all_gather_objects, process_state, shard
 from safe.io import atomic_write, file_sha256, write_json_atomic
+from safe.models.audio_encoders import COARSE_SEGMENTS, NUM_SEGMENTS
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -43,6 +46,8 @@ INDEX_FILE = "index.json"
 STAT_NAMES = ("rms", "peak", "duration_s")
 CLIP_DIR = "clips"  # <root>/clips/<sha256[:2]>/<sha256>.npy
 MARKER_DIR = "shards"  # <root>/shards/<shard key>.json
+FEATURE_LAYOUT = f"seg{COARSE_SEGMENTS}to{NUM_SEGMENTS}"
+"""What a cache entry and a saved store hold besides the pooled vector; part of the cache folder and the index."""
 
 
 def audio_stats(wave: np.ndarray, sampling_rate: int = 16000) -> np.ndarray:
@@ -57,32 +62,54 @@ def audio_stats(wave: np.ndarray, sampling_rate: int = 16000) -> np.ndarray:
 
 @dataclass
 class FeatureStore:
-    """Pooled audio embeddings (N, D) and stats (N, 3) for the examples that have audio, by example id."""
+    """Audio features for the examples that have audio, by example id: the pooled embedding (N, D), the
+    coarse-to-fine segment summaries (N, S, D) the projector turns into audio tokens, and stats (N, 3).
+
+    Built without `segments`, the pooled vector is the clip's only segment (S = 1: the projector repeats it).
+    """
 
     ids: list[str]
     pooled: torch.Tensor  # (N, D)
     stats: torch.Tensor  # (N, 3)
     encoder: str
+    segments: torch.Tensor | None = None  # (N, S, D); None -> pooled as one segment
 
     def __post_init__(self) -> None:
+        if self.segments is None:
+            self.segments = self.pooled.unsqueeze(1).clone()  # (N, 1, D), own storage: safetensors refuses shared
+        if self.segments.shape[0] != self.pooled.shape[0] or self.segments.shape[-1] != self.pooled.shape[-1]:
+            raise ValueError(f"feature store: segments {tuple(self.segments.shape)} do not match pooled "
+                             f"{tuple(self.pooled.shape)}")
         self._row = {id_: i for i, id_ in enumerate(self.ids)}
 
     @property
     def embed_dim(self) -> int:
         return int(self.pooled.shape[1])
 
+    @property
+    def num_segments(self) -> int:
+        return int(self.segments.shape[1])
+
     def has(self, example_id: str) -> bool:
         return example_id in self._row
 
     def get(self, example_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The projector's input (S, D) segment summaries and the stats (3,) of one example."""
         row = self._row[example_id]
-        return self.pooled[row], self.stats[row]
+        return self.segments[row], self.stats[row]
+
+    def get_pooled(self, example_id: str) -> torch.Tensor:
+        """The pooled embedding (D,) of one example."""
+        return self.pooled[self._row[example_id]]
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / POOLED_FILE, lambda p: save_file({"pooled": self.pooled.contiguous(), "stats": self.stats.contiguous()}, p))
-        index = {"ids": self.ids, "encoder": self.encoder, "embed_dim": self.embed_dim, "stats": list(STAT_NAMES)}
+        tensors = {"pooled": self.pooled.contiguous(), "segments": self.segments.contiguous(),
+                   "stats": self.stats.contiguous()}
+        atomic_write(folder / POOLED_FILE, lambda p: save_file(tensors, p))
+        index = {"ids": self.ids, "encoder": self.encoder, "embed_dim": self.embed_dim, "stats": list(STAT_NAMES),
+                 "segments": self.num_segments, "layout": FEATURE_LAYOUT}
         atomic_write(folder / INDEX_FILE, lambda p: Path(p).write_text(json.dumps(index)))
 
     @classmethod
@@ -93,7 +120,10 @@ class FeatureStore:
                 raise FileNotFoundError(f"feature store {folder} is missing {name}; run the extract_features stage")
         tensors = load_file(str(folder / POOLED_FILE))
         index = json.loads((folder / INDEX_FILE).read_text())
-        return cls(index["ids"], tensors["pooled"], tensors["stats"], index["encoder"])
+        if "segments" not in tensors or index.get("layout") != FEATURE_LAYOUT:
+            raise ValueError(f"feature store {folder}: {INDEX_FILE} has layout {index.get('layout')!r}, this code "
+                             f"reads {FEATURE_LAYOUT!r} (segment summaries per clip); re-run the extract_features stage")
+        return cls(index["ids"], tensors["pooled"], tensors["stats"], index["encoder"], tensors["segments"])
 
 
 @dataclass
@@ -164,7 +194,8 @@ def extract_features(
         raise ValueError(f"extract_features: shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
     state = state or process_state()
     fingerprint = encoder.fingerprint()
-    cache_root = Path(cache_dir) / _safe_name(f"{fingerprint}-{audio_tag}" if audio_tag else fingerprint)
+    folder = f"{fingerprint}-{audio_tag}" if audio_tag else fingerprint
+    cache_root = Path(cache_dir) / _safe_name(f"{folder}-{FEATURE_LAYOUT}")
     rows = [(r.id, manifest.resolve(r.audio)) for r in manifest.records if r.audio]  # (example id, clip path)
     shards = [rows[start:start + shard_size] for start in range(0, len(rows), shard_size)]
     mine = shard(list(range(len(shards))), state)  # this rank's shard indices: rank, rank + world, ...
@@ -200,59 +231,66 @@ def _process_shard(index: int, rows: list[tuple[str, Path]], rank: int, encoder,
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         waves = [load_audio(rows[i][1]) for i in chunk]
-        pooled = encoder.encode(waves).pooled.float().cpu().numpy()  # (b, D)
-        for i, wave, vec in zip(chunk, waves, pooled):
-            _write_clip(_clip_path(cache_root, keys[i]), vec.astype(np.float32), audio_stats(wave))
+        encoding = encoder.encode(waves)
+        pooled = encoding.pooled.float().cpu().numpy()  # (b, D)
+        segments = encoding.segments.float().cpu().numpy()  # (b, S, D)
+        for i, wave, vec, segs in zip(chunk, waves, pooled, segments):
+            _write_clip(_clip_path(cache_root, keys[i]), vec, segs, audio_stats(wave))
     write_json_atomic(marker, {"shard_index": index, "clips": len(keys), "keys": keys})
     return ShardResult(index, rank, keys, reused=False, encoded=len(todo), cache_hits=len(keys) - len(todo))
 
 
 def _assemble(ids: list[str], keys: list[str], cache_root: Path, fingerprint: str, dim: int) -> FeatureStore:
-    """The store, read back from the content cache: pooled (N, D), stats (N, 3)."""
+    """The store, read back from the content cache: pooled (N, D), segments (N, S, D), stats (N, 3)."""
     if len(ids) != len(keys):
         raise RuntimeError(f"extract_features: {len(keys)} clip keys gathered for {len(ids)} clips with audio")
     if not ids:
-        return FeatureStore([], torch.zeros(0, dim), torch.zeros(0, len(STAT_NAMES)), fingerprint)
-    pooled, stats = zip(*(_read_clip(_clip_path(cache_root, key), id_, dim) for id_, key in zip(ids, keys)))
-    return FeatureStore(ids, torch.from_numpy(np.stack(pooled)), torch.from_numpy(np.stack(stats)), fingerprint)
+        return FeatureStore([], torch.zeros(0, dim), torch.zeros(0, len(STAT_NAMES)), fingerprint,
+                            torch.zeros(0, NUM_SEGMENTS, dim))
+    pooled, segments, stats = zip(*(_read_clip(_clip_path(cache_root, key), id_, dim) for id_, key in zip(ids, keys)))
+    return FeatureStore(ids, torch.from_numpy(np.stack(pooled)), torch.from_numpy(np.stack(stats)), fingerprint,
+                        torch.from_numpy(np.stack(segments)))
 
 
-def _write_clip(path: Path, pooled: np.ndarray, stats: np.ndarray) -> None:
-    """One .npy per clip: pooled (D,) then the stats (3,), float32 (3x faster to read back than an .npz)."""
-    entry = np.concatenate([pooled, stats]).astype(np.float32)  # (D + 3,)
+def _write_clip(path: Path, pooled: np.ndarray, segments: np.ndarray, stats: np.ndarray) -> None:
+    """One .npy per clip: pooled (D,), segments (S, D) flattened, then the stats (3,), float32 (3x faster to read
+    back than an .npz)."""
+    entry = np.concatenate([pooled, segments.reshape(-1), stats]).astype(np.float32)  # (D + S * D + 3,)
     atomic_write(path, lambda p: np.save(p, entry), suffix=".npy")
 
 
-def _read_clip(path: Path, example_id: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(pooled (D,), stats (3,)) of one cache entry."""
+def _read_clip(path: Path, example_id: str, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pooled (D,), segments (S, D), stats (3,)) of one cache entry."""
     try:
-        entry = np.load(path)  # (D + 3,)
+        entry = np.load(path)  # (D + S * D + 3,)
     except FileNotFoundError:
         raise FileNotFoundError(f"extract_features: cache entry {path} for example {example_id!r} vanished while "
                                 "the store was assembled (was the cache pruned concurrently?); re-run") from None
-    if entry.shape != (dim + len(STAT_NAMES),):
+    size = dim * (1 + NUM_SEGMENTS) + len(STAT_NAMES)
+    if entry.shape != (size,):
         raise ValueError(f"extract_features: cache entry {path} (example {example_id!r}) has shape {entry.shape}, "
-                         f"expected ({dim + len(STAT_NAMES)},); delete it and re-run")
-    return entry[:-len(STAT_NAMES)], entry[-len(STAT_NAMES):]
+                         f"expected ({size},) for layout {FEATURE_LAYOUT}; delete it and re-run")
+    segments = entry[dim:dim * (1 + NUM_SEGMENTS)].reshape(NUM_SEGMENTS, dim)
+    return entry[:dim], segments, entry[-len(STAT_NAMES):]
 
 
 def stack_features(
     store: FeatureStore, ids: Sequence[str | None],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Features for a batch of example ids (None or unknown = no audio): pooled (B, D), stats (B, 3), has (B,)."""
+    """Features for a batch of example ids (None or unknown = no audio): segments (B, S, D), stats (B, 3), has (B,)."""
     B, D = len(ids), store.embed_dim
-    pooled = torch.zeros(B, D)
+    segments = torch.zeros(B, store.num_segments, D)
     stats = torch.zeros(B, len(STAT_NAMES))
     has = torch.zeros(B, dtype=torch.bool)
     for i, id_ in enumerate(ids):
         if id_ is not None and store.has(id_):
-            pooled[i], stats[i] = store.get(id_)
+            segments[i], stats[i] = store.get(id_)
             has[i] = True
-    return pooled, stats, has
+    return segments, stats, has
 
 
 def _shard_salt(fingerprint: str, audio_tag: str) -> str:
-    return json.dumps({"encoder": fingerprint, "audio_tag": audio_tag})
+    return json.dumps({"encoder": fingerprint, "audio_tag": audio_tag, "layout": FEATURE_LAYOUT})
 
 
 def _shard_key(salt: str, keys: Sequence[str]) -> str:

@@ -8,7 +8,11 @@ Every example has a rendered image (1-4 coloured shapes) and, depending on its f
 | vl_distractor   | an unrelated clip               | the image               | False       |
 | audio           | animal / beeps / tone / sweep / speech | the audio        | True        |
 | audio_visual    | beeps or animal                 | both                    | True        |
+| audio_order     | two different sounds, in turn   | which sound came first  | True        |
 | silent_control  | near-silence                    | the audio (answer none) | True        |
+
+`audio_order` needs time: its clip holds two short events (a beep, a hum, a whistle or an animal) one after the
+other, and its answer is the name of the earlier one, so a pooled summary of the clip cannot tell it.
 
 Audio-family examples carry an image too (a random scene the answer does not depend on), so the frozen
 LLaVA-style base model always sees an image, as it would in deployment.
@@ -52,8 +56,13 @@ from safe.data.media import write_png, write_wav
 from safe.data.sounds import animal_recordings
 
 SR = 16000
-FAMILY_MIX = {"vl": 0.30, "vl_distractor": 0.25, "audio": 0.25, "audio_visual": 0.10, "silent_control": 0.10}
+FAMILY_MIX = {"vl": 0.30, "vl_distractor": 0.25, "audio": 0.17, "audio_order": 0.10, "audio_visual": 0.08,
+              "silent_control": 0.10}
+"""Share of each family in every split (sums to 1). `audio_order` took its share from `audio` and `audio_visual`, so
+the audio-dependent share is what it was before that family existed."""
 FAMILIES = tuple(FAMILY_MIX)
+AUDIO_FAMILIES = ("audio", "audio_order", "audio_visual", "silent_control")
+"""The families whose questions need the audio (`needs_audio`)."""
 SPLIT_SHARES = {"train": 0.70, "val": 0.15, "test": 0.15}
 HELDOUT_SHARE = 0.5
 """Share of validation questions phrased with a validation-only paraphrase, and of test questions with a test-only
@@ -140,6 +149,15 @@ TEMPLATES: dict[str, Phrasings] = {
         ("which word is being said?",),
         ("what word does the voice say?",),
     ),
+    "sound_order": Phrasings(
+        ("which sound came first, the {sound_a} or the {sound_b}?",
+         "which did you hear first, the {sound_a} or the {sound_b}?",
+         "what comes first in the clip, the {sound_a} or the {sound_b}?",
+         "tell me which came first, the {sound_a} or the {sound_b}.",
+         "which sound plays first, the {sound_a} or the {sound_b}?"),
+        ("which one starts earlier, the {sound_a} or the {sound_b}?",),
+        ("which is heard before the other, the {sound_a} or the {sound_b}?",),
+    ),
     "beeps_match_shapes": Phrasings(
         ("does the number of beeps match the number of shapes?", "are there as many beeps as shapes?",
          "do the beeps and shapes come in equal numbers?", "are the beeps as many as the shapes?"),
@@ -155,6 +173,9 @@ TEMPLATES: dict[str, Phrasings] = {
 }
 VL_TEMPLATES = ("count_shapes", "color_of_shape", "shape_of_color", "exists_color_shape")
 AV_TEMPLATES = ("beeps_match_shapes", "color_and_animal")
+ORDER_TEMPLATE = "sound_order"
+ORDER_SOUNDS = ("beep", "hum", "whistle", "dog", "cat", "cow", "duck", "rooster")
+"""The events of `audio_order` clips: three synthetic sounds and five of the animal recordings."""
 AUDIO_KIND_TEMPLATE = {
     "animal": "animal",
     "beeps": "count_beeps",
@@ -287,19 +308,25 @@ def _animal_energy(label: str) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(rec.astype(np.float64) ** 2)])
 
 
+def _loud_window(rng: np.random.Generator, label: str, m: int, hop: int = SR // 20) -> np.ndarray:
+    """A random m-sample window of the recording with at least 60% of the loudest window's energy, starts on a
+    `hop` grid (the whole recording when it is not longer than m)."""
+    rec = animal_recordings(SR)[label]
+    if len(rec) <= m:
+        return rec
+    cum = _animal_energy(label)
+    starts = np.arange(0, len(rec) - m + 1, hop)
+    energy = cum[starts + m] - cum[starts]
+    good = starts[energy >= 0.6 * energy.max()]
+    start = int(good[rng.integers(len(good))])
+    return rec[start : start + m]
+
+
 def animal_clip(rng: np.random.Generator, label: str, n: int) -> np.ndarray:
     """A loud window of the recording, pitch-shifted by up to +-1.5 semitones, placed in an n-sample clip."""
-    rec = animal_recordings(SR)[label]
     factor = 2 ** (rng.uniform(-1.5, 1.5) / 12)
     m = int(round(n * 0.9 * factor))  # source samples that become ~90% of the clip after the shift
-    if len(rec) > m:
-        cum = _animal_energy(label)
-        starts = np.arange(0, len(rec) - m + 1, SR // 20)
-        energy = cum[starts + m] - cum[starts]
-        good = starts[energy >= 0.6 * energy.max()]
-        start = int(good[rng.integers(len(good))])
-        rec = rec[start : start + m]
-    return _finish(rng, _place(rng, _stretch(rec, factor), n))
+    return _finish(rng, _place(rng, _stretch(_loud_window(rng, label, m), factor), n))
 
 
 def beeps_clip(rng: np.random.Generator, count: int, n: int) -> np.ndarray:
@@ -333,6 +360,38 @@ def sweep_clip(rng: np.random.Generator, rising: bool, n: int) -> np.ndarray:
     k = f1 / f0
     phase = 2 * np.pi * f0 * dur / np.log(k) * (k ** (t / dur) - 1)
     return _finish(rng, _place(rng, (np.sin(phase) * _ramp(m)).astype(np.float32), n))
+
+
+def event_sound(rng: np.random.Generator, name: str, m: int) -> np.ndarray:
+    """One `audio_order` event of m samples at peak 1: a steady beep, a low hum, a warbling whistle or a loud
+    window of an animal recording."""
+    if name == "beep":
+        sound = _tone(rng.uniform(800, 1400), m)
+    elif name == "hum":
+        sound = _tone(rng.uniform(120, 300), m)
+    elif name == "whistle":
+        t = np.arange(m, dtype=np.float64) / SR
+        phase = 2 * np.pi * rng.uniform(2200, 3200) * t + rng.uniform(3, 8) * np.sin(2 * np.pi * rng.uniform(5, 8) * t)
+        sound = (np.sin(phase) * _ramp(m)).astype(np.float32)
+    else:
+        rec = _loud_window(rng, name, m, hop=SR // 50)
+        sound = np.zeros(m, dtype=np.float32)
+        sound[: len(rec)] = rec * _ramp(len(rec))
+    peak = float(np.abs(sound).max())
+    return (sound / peak if peak > 0 else sound).astype(np.float32)
+
+
+def order_clip(rng: np.random.Generator, first: str, second: str, n: int) -> tuple[np.ndarray, list[float]]:
+    """`first`, a gap, then `second`, each 18-32% of the clip at a random level, the pair at a random offset
+    -> (wave, the two onsets in seconds)."""
+    m1, m2 = (int(n * rng.uniform(0.18, 0.32)) for _ in range(2))
+    gap = int(n * rng.uniform(0.04, 0.15))
+    start = int(rng.integers(0, n - (m1 + gap + m2) + 1))
+    wave = np.zeros(n, dtype=np.float32)
+    wave[start : start + m1] = event_sound(rng, first, m1) * rng.uniform(0.5, 1.0)
+    onset2 = start + m1 + gap
+    wave[onset2 : onset2 + m2] = event_sound(rng, second, m2) * rng.uniform(0.5, 1.0)
+    return _finish(rng, wave), [start / SR, onset2 / SR]
 
 
 def silent_clip(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -484,6 +543,17 @@ def _av_question(
     return scene, wave, question, "yes" if yes else "no", {**meta, **attrs, **_scene_meta(scene)}
 
 
+def _order_question(rng: np.random.Generator, split: str, n_samples: int) -> tuple[np.ndarray, str, str, dict[str, Any]]:
+    """Two different sounds in turn; which came first -> (wave, question, answer, extras). The question names
+    them in a random order, so the answer is the first-named sound half of the time."""
+    picks = rng.choice(len(ORDER_SOUNDS), size=2, replace=False)
+    first, second = (ORDER_SOUNDS[int(i)] for i in picks)
+    wave, onsets = order_clip(rng, first, second, n_samples)
+    named = (first, second) if rng.random() < 0.5 else (second, first)
+    question, meta = _phrase(rng, ORDER_TEMPLATE, split, sound_a=named[0], sound_b=named[1])
+    return wave, question, first, {**meta, "kind": "order", "first": first, "second": second, "onsets_s": onsets}
+
+
 # ----------------------------------------------------------------------------------------------- examples
 
 
@@ -510,6 +580,10 @@ def _make_example(
             extras.update(kind=kind, **attrs)
     elif family == "audio_visual":
         scene, wave, question, answer, extras = _av_question(rng, split, cfg.n_samples)
+    elif family == "audio_order":
+        wave, question, answer, extras = _order_question(rng, split, cfg.n_samples)
+        scene = _sample_scene(rng, int(rng.integers(1, 5)))  # an image the answer does not depend on
+        extras.update(_scene_meta(scene))
     elif family in ("audio", "silent_control"):
         kind = cfg.audio_kinds[int(rng.integers(len(cfg.audio_kinds)))]
         question, extras = _phrase(rng, AUDIO_KIND_TEMPLATE[kind], split)
@@ -529,7 +603,7 @@ def _make_example(
         "family": family,
         "question": question,
         "answer": answer,
-        "needs_audio": family in ("audio", "audio_visual", "silent_control"),
+        "needs_audio": family in AUDIO_FAMILIES,
         "extras": extras,
     }
     return f"synth-{index:06d}", fields, image, wave

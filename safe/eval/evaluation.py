@@ -73,7 +73,7 @@ def _probe_answers(predictor, loader, store: FeatureStore, max_new_tokens: int, 
     model = predictor.model
     K = max(model.token_budgets)
     rng = np.random.default_rng(seed)
-    pool = store.pooled  # (N, D): any clip of the split's manifest is a distractor for a VL-only question
+    pool = store.segments  # (N, S, D): any clip of the split's manifest is a distractor for a VL-only question
     silent = _silent_features(predictor, store)
     out: dict[str, dict] = {}
     for batch in tqdm(loader, desc="robustness probes", unit="batch", disable=not progress):
@@ -84,10 +84,10 @@ def _probe_answers(predictor, loader, store: FeatureStore, max_new_tokens: int, 
         distractor = pool[torch.from_numpy(rng.integers(0, len(pool), B))]
         swapped = batch.audio_features.roll(1, 0)
         swapped_has = batch.has_audio.roll(1, 0)
-        swapped = torch.where(swapped_has.unsqueeze(-1), swapped, distractor)
+        swapped = torch.where(swapped_has.view(-1, 1, 1), swapped, distractor)  # (B, S, D)
         answers = {}
-        for name, feats in (("pred_distractor", distractor), ("pred_silent", silent.expand(B, -1)),
-                            ("pred_swapped", swapped)):
+        silent_b = None if silent is None else silent.expand(B, -1, -1)  # (B, S, D)
+        for name, feats in (("pred_distractor", distractor), ("pred_silent", silent_b), ("pred_swapped", swapped)):
             if feats is None:
                 continue
             answers[name] = model.generate_answers(batch.vl, K, audio_features=feats, max_new_tokens=max_new_tokens)
@@ -100,7 +100,7 @@ def _silent_features(predictor, store: FeatureStore) -> torch.Tensor | None:
     encoder = predictor.model.audio_encoder
     if encoder is None:
         return None
-    return encoder.encode([np.zeros(16000, dtype=np.float32)]).pooled.float().cpu()  # (1, D)
+    return encoder.encode([np.zeros(16000, dtype=np.float32)]).segments.float().cpu()  # (1, S, D)
 
 
 def measure_latency(predictor: SAFEPredictor, manifest: Manifest, split: str = "test", n: int = 32,

@@ -32,13 +32,64 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 _RANDOM_SPEC = re.compile(r"^whisper-random:(\d+)x(\d+)$")
 
 
+COARSE_SEGMENTS = 4
+"""Segments of the coarse view: the first COARSE_SEGMENTS summaries are the means of equal parts of the clip."""
+NUM_SEGMENTS = 12
+"""Segment summaries kept per clip (`temporal_segments`): the largest audio-token budget they serve."""
+
+
+def segment_order(coarse: int = COARSE_SEGMENTS, total: int = NUM_SEGMENTS) -> list[tuple[int, int]]:
+    """(parts, index) of each summary in coarse-to-fine order: the clip cut in `coarse` parts, then in `total` parts.
+
+    The first `coarse` entries are the coarse parts; then round j (j = 0 .. total/coarse - 2) adds fine part j of
+    every coarse part. After round j each coarse part is known at j + 2 pieces (its last fine part is the coarse
+    mean times total/coarse minus the others), so a prefix of coarse * r summaries holds exactly that many
+    degrees of temporal detail: 4 -> quarters, 8 -> quarters with their first thirds, 12 -> every twelfth.
+    """
+    if coarse < 1 or total % coarse:
+        raise ValueError(f"segment layout: total ({total}) must be a positive multiple of coarse ({coarse})")
+    per = total // coarse  # fine parts per coarse part
+    order = [(coarse, c) for c in range(coarse)]
+    order += [(total, c * per + j) for j in range(per - 1) for c in range(coarse)]
+    return order
+
+
+def temporal_segments(sequence: torch.Tensor, mask: torch.Tensor | None = None, coarse: int = COARSE_SEGMENTS,
+                      total: int = NUM_SEGMENTS) -> torch.Tensor:
+    """Coarse-to-fine segment means of each clip's real frames: (B, T, D) frames, (B, T) mask -> (B, total, D).
+
+    Part i of n covers the clip's frames [floor(i * L / n), floor((i + 1) * L / n)) of its L real frames, widened to
+    one frame when that is empty (a clip shorter than n frames repeats frames); the order is `segment_order`.
+    Each summary depends only on that clip's frames, so cached and freshly encoded clips agree.
+    """
+    B, T, D = sequence.shape
+    if mask is None:
+        mask = torch.ones(B, T, dtype=torch.bool, device=sequence.device)
+    lengths = mask.sum(1).clamp(min=1)  # (B,) real frames (a clip has at least one)
+    order = segment_order(coarse, total)
+    parts = torch.tensor([n for n, _ in order], device=sequence.device)  # (S,)
+    index = torch.tensor([i for _, i in order], device=sequence.device)  # (S,)
+    start = torch.div(index.unsqueeze(0) * lengths.unsqueeze(1), parts, rounding_mode="floor")  # (B, S)
+    end = torch.div((index + 1).unsqueeze(0) * lengths.unsqueeze(1), parts, rounding_mode="floor")  # (B, S)
+    end = torch.maximum(end, start + 1)
+    frame = torch.arange(T, device=sequence.device).view(1, 1, T)  # (1, 1, T)
+    weights = ((frame >= start.unsqueeze(-1)) & (frame < end.unsqueeze(-1))).to(sequence.dtype)  # (B, S, T)
+    weights = weights / weights.sum(-1, keepdim=True)
+    return torch.bmm(weights, sequence)  # (B, S, D)
+
+
 @dataclass
 class AudioEncoding:
     """What every encoder returns for a batch of B clips."""
 
-    sequence: torch.Tensor  # (B, T, D) frame features; zero at padded frames
+    sequence: torch.Tensor  # (B, T, D) frame features in time order; zero at padded frames
     mask: torch.Tensor  # (B, T) bool, True = real frame
     pooled: torch.Tensor  # (B, D) one vector per clip (masked mean over frames for Whisper)
+
+    @property
+    def segments(self) -> torch.Tensor:
+        """(B, NUM_SEGMENTS, D) coarse-to-fine segment summaries of each clip (`temporal_segments`)."""
+        return temporal_segments(self.sequence, self.mask)
 
 
 class AudioInputError(ValueError):
@@ -247,8 +298,8 @@ class ClapAudioEncoder(AudioEncoder):
 
     With `use_projection` (default) both sequence and pooled live in CLAP's joint audio-text space
     (D = projection_dim): pooled is `ClapAudioModelWithProjection`'s audio_embeds (projection of the mean frame) and
-    sequence is the same projection applied to each frame. Without it, D = hidden_size: raw frames and their mean
-    (HTSAT's pooler output). CLAP pads every clip to a fixed window (repeat-padding), so the mask is all True.
+    sequence is the same projection applied to each time frame. Without it, D = hidden_size: raw frames and their mean
+    (HTSAT's pooler output). Frames are HTSAT's last hidden state averaged over its frequency rows, in time order. CLAP pads every clip to a fixed window (repeat-padding), so the mask is all True.
     Clips longer than the window are cropped deterministically (no random crop, no fusion chunks).
     """
 
@@ -302,7 +353,8 @@ class ClapAudioEncoder(AudioEncoder):
         is_longer = torch.zeros_like(feats["is_longer"]) if "is_longer" in feats else None
         out = self.model(input_features=feats["input_features"].to(self.device, self.model.dtype),
                          is_longer=None if is_longer is None else is_longer.to(self.device))
-        frames = out.last_hidden_state.flatten(2).transpose(1, 2)  # (B, C, F', T') -> (B, T, C)
+        # Averaged over HTSAT's frequency rows: frames in time order, so temporal segments mean something.
+        frames = out.last_hidden_state.mean(2).transpose(1, 2)  # (B, C, F', T') -> (B, T', C)
         if self.use_projection:
             sequence, pooled = self.model.audio_projection(frames), out.audio_embeds  # (B, T, P), (B, P)
         else:

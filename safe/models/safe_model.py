@@ -159,10 +159,11 @@ class SAFEModel(nn.Module):
         return b.to(self.base.device)
 
     def encode_audio(self, waveforms: Sequence[np.ndarray]) -> torch.Tensor:
-        """Pooled audio embeddings (N, D_audio) from raw 16 kHz waveforms, through the frozen encoder."""
+        """Coarse-to-fine segment summaries (N, S, D_audio) from raw 16 kHz waveforms, through the frozen encoder:
+        what the feature cache holds for the same clips."""
         if self.audio_encoder is None:
             raise RuntimeError("this SAFEModel was built without an audio encoder; pass cached audio_features instead")
-        return self.audio_encoder.encode(list(waveforms)).pooled.to(self.base.device)
+        return self.audio_encoder.encode(list(waveforms)).segments.to(self.base.device)
 
     def _context_for(
         self, batch: VLBatch, budgets: torch.Tensor, audio_features: torch.Tensor | None,
@@ -173,7 +174,7 @@ class SAFEModel(nn.Module):
             return None  # budget 0 everywhere: the base model, audio never touched
         idx = active.nonzero().flatten()
         if audio_features is not None:
-            feats = audio_features.to(self.base.device)[idx]  # (N_active, D_audio)
+            feats = audio_features.to(self.base.device)[idx]  # (N_active, S, D_audio) or pooled (N_active, D_audio)
         elif waveforms is not None:
             missing = [int(i) for i in idx if waveforms[int(i)] is None]
             if missing:
@@ -197,7 +198,8 @@ class SAFEModel(nn.Module):
         gate: float | torch.Tensor | None = None,
         return_gates: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, V). `audio_features` (B, D_audio) are cached pooled encoder outputs; else `waveforms`.
+        """Logits (B, T, V). `audio_features` are cached encoder outputs, (B, S, D_audio) segment summaries or
+        (B, D_audio) pooled (one segment repeated, `AudioProjector`); else `waveforms`.
         With `return_gates`, also the learned gates (B, n_fusion_blocks) (None when no row has audio or the gate
         is forced)."""
         b = self.check_budgets(budgets, batch.input_ids.shape[0])

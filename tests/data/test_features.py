@@ -3,6 +3,7 @@ by shard through the done markers; a changed clip is encoded again, alone."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,12 +12,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from safe.data.features import FeatureStore, audio_stats, extract_features, stack_features
+from safe.data.features import FEATURE_LAYOUT, FeatureStore, _safe_name, audio_stats, extract_features, stack_features
 from safe.data.manifest import read_manifest
 from safe.data.media import load_audio
 from safe.data.synth import generate_benchmark
 from safe.io import file_sha256
-from safe.models.audio_encoders import build_audio_encoder
+from safe.models.audio_encoders import NUM_SEGMENTS, build_audio_encoder
 
 SHARD = 10
 
@@ -136,12 +137,66 @@ def test_store_round_trip_and_batch_lookup(manifest, encoder, tmp_path):
     store.save(tmp_path / "store")
     loaded = FeatureStore.load(tmp_path / "store")
     assert loaded.ids == store.ids and torch.equal(loaded.pooled, store.pooled)
-    pooled, stats, has = stack_features(loaded, [store.ids[0], None, "unknown"])
-    assert has.tolist() == [True, False, False] and torch.equal(pooled[1], torch.zeros(store.embed_dim))
+    assert torch.equal(loaded.segments, store.segments) and loaded.num_segments == NUM_SEGMENTS
+    segments, stats, has = stack_features(loaded, [store.ids[0], None, "unknown"])
+    assert segments.shape == (3, NUM_SEGMENTS, store.embed_dim)
+    assert has.tolist() == [True, False, False] and torch.equal(segments[1], torch.zeros(NUM_SEGMENTS, store.embed_dim))
+    assert torch.equal(segments[0], store.get(store.ids[0])[0])
+    assert torch.equal(loaded.get_pooled(store.ids[0]), store.pooled[0])
     assert stats[0, 2] > 0  # duration in seconds
     shutil.rmtree(tmp_path / "store")
     with pytest.raises(FileNotFoundError, match="extract_features"):
         FeatureStore.load(tmp_path / "store")
+
+
+def test_cached_segments_match_a_fresh_encode(manifest, encoder, tmp_path):
+    """The cache holds what the model computes from the waveform: the pooled vector and the segment summaries."""
+    store, _ = extract_features(manifest, encoder, load_audio, tmp_path / "cache", progress=False)
+    record = next(r for r in manifest.records if r.audio)
+    fresh = encoder.encode([load_audio(manifest.resolve(record.audio))])
+    cached, _ = store.get(record.id)
+    torch.testing.assert_close(cached, fresh.segments[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(store.get_pooled(record.id), fresh.pooled[0], atol=1e-5, rtol=1e-5)
+
+
+def test_old_pooled_cache_is_never_misread(manifest, encoder, tmp_path):
+    """A pooled-only cache entry (the layout before segments) at the old path is ignored: the new layout lives in
+    its own folder; and a store saved without segments refuses to load with a message naming the stage."""
+    record = next(r for r in manifest.records if r.audio)
+    key = file_sha256(manifest.resolve(record.audio))
+    old_root = tmp_path / "cache" / _safe_name(encoder.fingerprint())
+    old_entry = old_root / "clips" / key[:2] / f"{key}.npy"
+    old_entry.parent.mkdir(parents=True)
+    np.save(old_entry, np.zeros(encoder.embed_dim + 3, np.float32))  # pooled (D,) + stats (3,)
+    store, report = extract_features(manifest, encoder, load_audio, tmp_path / "cache", progress=False)
+    assert report.cache_hits == 0 and report.encoded == report.examples_with_audio
+    assert any(FEATURE_LAYOUT in p.name for p in (tmp_path / "cache").iterdir())
+    assert store.get(record.id)[0].abs().sum() > 0
+    store.save(tmp_path / "store")
+    stale = tmp_path / "store" / "index.json"
+    index = json.loads(stale.read_text())
+    del index["layout"]
+    stale.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="re-run the extract_features stage"):
+        FeatureStore.load(tmp_path / "store")
+
+
+def test_wrong_sized_cache_entry_is_named(manifest, encoder, tmp_path):
+    _extract(manifest, encoder, tmp_path)
+    entry = next(tmp_path.rglob("*.npy"))
+    np.save(entry, np.zeros(encoder.embed_dim + 3, np.float32))
+    for marker in tmp_path.rglob("shards/*.json"):
+        marker.unlink()
+    with pytest.raises(ValueError, match=f"layout {FEATURE_LAYOUT}; delete it and re-run"):
+        _extract(manifest, encoder, tmp_path)
+
+
+def test_store_without_segments_uses_pooled_as_one_segment(tmp_path):
+    store = FeatureStore(["a", "b"], torch.randn(2, 8), torch.zeros(2, 3), "enc")
+    assert store.num_segments == 1 and torch.equal(store.get("a")[0], store.pooled[:1])
+    store.save(tmp_path / "store")
+    loaded = FeatureStore.load(tmp_path / "store")
+    assert torch.equal(loaded.segments, store.segments) and torch.equal(loaded.pooled, store.pooled)
 
 
 def test_audio_stats_of_silence_and_tone():

@@ -114,7 +114,7 @@ def test_split_sizes_and_family_mix(bench):
         for family, share in synth.FAMILY_MIX.items():
             assert abs(counts[family] / n - share) <= 1.0 / n + 1e-9, (split, family, counts)
     for r in bench:
-        assert r.needs_audio == (r.family in ("audio", "audio_visual", "silent_control"))
+        assert r.needs_audio == (r.family in ("audio", "audio_order", "audio_visual", "silent_control"))
         assert (r.audio is None) == (r.family == "vl")
         assert r.image is not None and r.source == "synth"
 
@@ -142,7 +142,7 @@ def test_heldout_paraphrases_only_in_their_own_split(bench):
 
 
 def test_every_template_has_three_pools_with_the_same_slots():
-    for template in (*synth.AUDIO_KIND_TEMPLATE.values(), *synth.VL_TEMPLATES, *synth.AV_TEMPLATES):
+    for template in (*synth.AUDIO_KIND_TEMPLATE.values(), *synth.VL_TEMPLATES, *synth.AV_TEMPLATES, synth.ORDER_TEMPLATE):
         phrasings = synth.TEMPLATES[template]
         slots = [set(re.findall(r"\{(\w+)\}", p)) for p in (*phrasings.train, *phrasings.val, *phrasings.test)]
         assert all(s == slots[0] for s in slots), template  # every phrasing takes the same slots
@@ -191,6 +191,10 @@ def test_answers_follow_from_the_ground_truth(bench):
             assert r.answer == x["word"] and r.answer in synth.SPEECH_WORDS
         elif t == "beeps_match_shapes":
             assert r.answer == ("yes" if x["n_beeps"] == x["n_shapes"] else "no")
+        elif t == "sound_order":
+            named = {_slot(r, "sound_a"), _slot(r, "sound_b")}
+            assert named == {x["first"], x["second"]} and x["first"] != x["second"] and r.answer == x["first"]
+            assert x["onsets_s"][0] < x["onsets_s"][1]
         elif t == "color_and_animal":
             assert _slot(r, "a_animal").split()[-1] == x["asked_animal"]
             both = x["asked_color"] in {c for c, _ in objs} and x["asked_animal"] == x["animal"]
@@ -291,3 +295,48 @@ def test_derived_questions_follow_from_the_scene(bench):
                 assert number[answer] == len(objs)
     assert synth.derived_vl_questions(next(r for r in bench if r.split == "test")) == []  # never about test images
 
+
+
+# ----------------------------------------------------------------------------- the temporal family
+
+
+def test_order_family_is_audio_dependent_and_its_phrasings_are_disjoint(bench):
+    rows = [r for r in bench if r.family == "audio_order"]
+    assert rows and all(r.needs_audio and r.audio and r.extras["template"] == synth.ORDER_TEMPLATE for r in rows)
+    pools = synth.TEMPLATES[synth.ORDER_TEMPLATE]
+    assert not set(pools.train) & set(pools.val) and not set(pools.train) & set(pools.test)
+    assert not set(pools.val) & set(pools.test)
+    for r in rows:  # a question uses its own split's held-out phrasing or a training one, never another split's
+        own = synth.phrasing_pool(synth.ORDER_TEMPLATE, r.split, r.extras["paraphrase_heldout"])
+        assert _pattern(own[r.extras["paraphrase"]]).match(r.question)
+    assert sum(abs(v) for v in synth.FAMILY_MIX.values()) == pytest.approx(1.0)
+
+
+def test_order_answer_is_not_the_first_named_sound_by_construction(bench):
+    rows = [r for r in bench if r.family == "audio_order"]
+    first_named = sum(_slot(r, "sound_a") == r.answer for r in rows)
+    assert 0 < first_named < len(rows)
+
+
+def test_order_clip_energy_follows_its_onsets():
+    """The first event's onset is where the clip's energy rises first; both events are audible."""
+    for seed in range(6):
+        rng = np.random.default_rng([seed, 7])
+        first, second = synth.ORDER_SOUNDS[seed % 3], synth.ORDER_SOUNDS[3 + seed % 5]
+        wave, onsets = synth.order_clip(rng, first, second, 16000)
+        rms = np.sqrt((wave.reshape(-1, 160) ** 2).mean(axis=1))  # 10 ms frames
+        on = np.flatnonzero(rms > 0.1 * rms.max())
+        assert abs(on[0] * 0.01 - onsets[0]) <= 0.03, (first, second, on[0], onsets)
+        second_part = rms[int(onsets[1] * 100) + 1:]
+        assert second_part.max() > 0.1 * rms.max()
+
+
+def test_order_generator_is_deterministic(tmp_path):
+    sizes = {"train": 20, "val": 5, "test": 5}
+    a = read_manifest(synth.generate_benchmark(tmp_path / "a", sizes, seed=5, speech=False, progress=False))
+    b = read_manifest(synth.generate_benchmark(tmp_path / "b", sizes, seed=5, speech=False, progress=False))
+    rows_a = [r for r in a if r.family == "audio_order"]
+    rows_b = [r for r in b if r.family == "audio_order"]
+    assert rows_a and [(r.id, r.question, r.answer) for r in rows_a] == [(r.id, r.question, r.answer) for r in rows_b]
+    for ra, rb in zip(rows_a, rows_b):
+        assert a.resolve(ra.audio).read_bytes() == b.resolve(rb.audio).read_bytes()

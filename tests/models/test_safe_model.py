@@ -16,11 +16,12 @@ class CountingEncoder(torch.nn.Module):
         self.calls = 0
 
     def encode(self, waveforms):
-        from types import SimpleNamespace
+        from safe.models.audio_encoders import AudioEncoding
 
         self.calls += 1
         frames = torch.stack([torch.as_tensor(w[:1600]).view(10, 160).float() for w in waveforms])  # (B, 10, 160)
-        return SimpleNamespace(pooled=self.proj(frames).mean(1))
+        sequence = self.proj(frames)  # (B, 10, D)
+        return AudioEncoding(sequence, torch.ones(sequence.shape[:2], dtype=torch.bool), sequence.mean(1))
 
 
 @pytest.fixture()
@@ -185,3 +186,41 @@ def test_generation_reuses_the_prompt_gate(model, tiny_base):
         tokens = torch.cat([tokens, nxt], dim=1)
     expected = tiny_base.tokenizer.decode(tokens[0, prompt.input_ids.shape[1]:], skip_special_tokens=True).strip()
     assert generated == expected
+
+
+def perturb_projector(model):
+    with torch.no_grad():
+        model.projector.position.normal_(std=1.0)
+
+
+def test_save_load_round_trip_with_segment_features(model, tiny_base, tiny_batch, tmp_path):
+    perturb(model)
+    perturb_projector(model)
+    feats = torch.randn(3, 12, 16)  # (B, S, D) coarse-to-fine segment summaries
+    before = model(tiny_batch, [4, 8, 12], audio_features=feats)
+    model.save_trainable(tmp_path / "m", extra_config={"audio_encoder": "test"})
+    other = SAFEModel(tiny_base, model.arch)
+    other.load_trainable(tmp_path / "m")
+    assert torch.equal(other.projector.position, model.projector.position)
+    assert torch.equal(other(tiny_batch, [4, 8, 12], audio_features=feats), before)
+
+
+def test_a_budget_reads_only_its_own_segments(model, tiny_batch):
+    """Budget 8 attends to the first 8 tokens, made from the first 8 segments: the finest round changes only
+    budget 12's answers."""
+    perturb(model)
+    perturb_projector(model)
+    feats = torch.randn(3, 12, 16)
+    finer = feats.clone()
+    finer[:, 8:] = torch.randn(3, 4, 16)
+    assert torch.equal(model(tiny_batch, 8, audio_features=feats), model(tiny_batch, 8, audio_features=finer))
+    assert not torch.equal(model(tiny_batch, 12, audio_features=feats), model(tiny_batch, 12, audio_features=finer))
+
+
+def test_waveforms_give_the_cached_segments(model, tiny_batch):
+    """encode_audio returns what the feature cache stores for a clip: its segment summaries, not the pooled vector."""
+    perturb(model)
+    waves = [np.random.default_rng(i).standard_normal(1600).astype(np.float32) * 0.1 for i in range(3)]
+    segments = model.audio_encoder.encode(waves).segments  # (3, 12, 16)
+    assert model.encode_audio(waves).shape == (3, 12, 16)
+    torch.testing.assert_close(model(tiny_batch, 12, waveforms=waves), model(tiny_batch, 12, audio_features=segments))
