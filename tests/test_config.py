@@ -71,7 +71,8 @@ PROFILE_DEFAULTS_WHEN_MOVED = {
         "model": {"audio_encoder": "whisper-tiny.en", "vision_hidden": 96, "vision_layers": 3, "text_hidden": 128,
                   "text_layers": 3, "text_intermediate": 256, "fusion_layers": [-3, -2, -1], "lora_rank": 32},
         "base_vl": {"epochs": 10, "batch_size": 64, "lr": 1e-3, "vision_pretrain_epochs": 40},
-        "stage_a": {"steps": 2000, "eval_every": 100},
+        "stage_a": {"steps": 2000, "eval_every": 100,
+                    "retention_flip_tolerance": 0.02},  # docs/EXPERIMENTS.md#stage-a-flip-tolerance
         "stage_b": {"steps": 800},
     },
     "smol": {
