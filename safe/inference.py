@@ -300,11 +300,12 @@ class SAFEPredictor:
         stats = torch.from_numpy(audio_stats(wave))[None] if wave is not None else torch.zeros(1, 3)
         state = build_state(question_features(self.model.base, batch.input_ids, batch.attention_mask), first_logits,
                             stats, has).cpu()  # the gate is small and lives on the CPU
-        gate_value = float(self.gate.audio_probability(state)[0]) if wave is not None else 0.0
+        choice = self.gate.decide(state) if wave is not None else None  # one gate pass: P(audio) and its budget
+        gate_value = float(choice["p_audio"][0]) if choice is not None else 0.0
         if force_budget is not None:
             budget = force_budget if wave is not None else 0
         else:
-            budget = int(self.gate.predict_budget(state)[0]) if wave is not None else 0
+            budget = int(choice["budget"][0]) if choice is not None else 0
         answer = base_answers[0]
         if budget > 0:
             answer = self.model.generate_answers(batch, budget, waveforms=[wave],
@@ -345,8 +346,6 @@ def gate_choices(gate, states: np.ndarray | torch.Tensor, has_audio: np.ndarray)
     import numpy as np
     import torch
 
-    x = torch.as_tensor(states, dtype=torch.float32)
     has = np.asarray(has_audio, dtype=bool)
-    out = {"budget": gate.predict_budget(x).cpu().numpy(), "p_audio": gate.audio_probability(x).cpu().numpy(),
-           "audio_budget": gate.predict_budget(x, audio_threshold=0.0).cpu().numpy()}
-    return {k: np.where(has, v, 0) for k, v in out.items()}
+    choice = gate.decide(torch.as_tensor(states, dtype=torch.float32))
+    return {k: np.where(has, v.cpu().numpy(), 0) for k, v in choice.items()}

@@ -44,26 +44,39 @@ class BudgetGate(BudgetClassifier):
             self.net = nn.Sequential(nn.Linear(self.state_feature_dim, self.hidden_dim), nn.Tanh(),
                                      nn.Linear(self.hidden_dim, self.num_actions))
 
+    def _decide(self, states: Any, action_mask: Any, audio_threshold: float | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(chosen column (B,), P(budget > 0) (B,), most probable non-zero column (B,)) from one forward pass."""
+        threshold = self.audio_threshold if audio_threshold is None else check_audio_threshold(audio_threshold)
+        audio = self.action_probs(states, action_mask)[:, 1:]  # (B, A-1); column 0 is budget 0
+        p_audio, best = audio.sum(dim=-1), audio.argmax(dim=-1) + 1  # (B,), (B,)
+        consult = (p_audio >= threshold) & (p_audio > 0)  # (B,) never audio the mask forbids
+        return torch.where(consult, best, torch.zeros_like(best)), p_audio, best
+
     @torch.no_grad()
     def decide_indices(self, states: Any, action_mask: Any = None, audio_threshold: float | None = None) -> torch.Tensor:
         """Column indices into `token_budgets` (B,): the most probable non-zero budget where P(budget > 0) >=
         `audio_threshold` (default: the gate's own), else 0."""
-        threshold = self.audio_threshold if audio_threshold is None else check_audio_threshold(audio_threshold)
-        probs = self.action_probs(states, action_mask)  # (B, A); column 0 is budget 0
-        audio = probs[:, 1:]  # (B, A-1)
-        consult = (audio.sum(dim=-1) >= threshold) & (audio.sum(dim=-1) > 0)  # (B,) never audio the mask forbids
-        return torch.where(consult, audio.argmax(dim=-1) + 1, torch.zeros_like(consult, dtype=torch.long))
+        return self._decide(states, action_mask, audio_threshold)[0]
+
+    @torch.no_grad()
+    def decide(self, states: Any, action_mask: Any = None, audio_threshold: float | None = None
+               ) -> dict[str, torch.Tensor]:
+        """Each (B,): `budget` the gate chooses (see `decide_indices`), `p_audio` = P(budget > 0) and
+        `audio_budget`, the budget it would use wherever it consults audio."""
+        chosen, p_audio, best = self._decide(states, action_mask, audio_threshold)
+        budgets = self.budgets.to(chosen.device)
+        return {"budget": budgets[chosen], "p_audio": p_audio, "audio_budget": budgets[best]}
 
     @torch.no_grad()
     def predict_budget(self, states: Any, action_mask: Any = None, audio_threshold: float | None = None) -> torch.Tensor:
         """Budget VALUES (B,) the gate chooses (see `decide_indices`)."""
-        idx = self.decide_indices(states, action_mask, audio_threshold)
-        return self.budgets.to(idx.device)[idx]
+        return self.decide(states, action_mask, audio_threshold)["budget"]
 
     @torch.no_grad()
     def audio_probability(self, states: Any, action_mask: Any = None) -> torch.Tensor:
         """P(budget > 0) (B,): the gate value in [0, 1]; the gate consults audio where it reaches `audio_threshold`."""
-        return self.action_probs(states, action_mask)[:, 1:].sum(dim=-1)
+        return self._decide(states, action_mask, None)[1]
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "audio_threshold": self.audio_threshold}
