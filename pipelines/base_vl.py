@@ -28,13 +28,15 @@ def main() -> None:
                                image_tags=scene_tags)
         if not accelerator.is_main_process:
             return  # rank 0 wrote the model; it writes the metrics too
-        metrics = {"trained_here": 1, "val_acc": report.best_val_acc, "best_epoch": report.best_epoch,
+        metrics = {"trained_here": 1, "val_acc": report.best_val_acc, "val_acc_blind": report.blind_val_acc,
+                   "best_epoch": report.best_epoch,
                    "epochs_run": report.epochs_run, "train_examples": report.train_examples}
         if report.vision is not None:
             metrics["vision_val_exact"] = report.vision.best_val_exact
             print(f"base_vl: vision tower tag-pretrained on {report.vision.train_images} training images, validation "
                   f"exact-match {report.vision.best_val_exact:.3f} (epoch {report.vision.best_epoch})")
-        print(f"base_vl: VL-only validation accuracy {report.best_val_acc:.3f} (epoch {report.best_epoch})")
+        print(f"base_vl: VL-only validation accuracy {report.best_val_acc:.3f} (epoch {report.best_epoch}); "
+              f"{report.blind_val_acc:.3f} with every image blanked (what the questions alone give away)")
         write_json_atomic(METRICS / "base_vl.json", metrics)
         write_json_atomic(PLOTS / "base_vl_history.json", report.history)
 

@@ -81,8 +81,15 @@ def run_section(profile: str) -> list[str]:
 
 
 def mechanisms_lines() -> list[str]:
-    """Stage A's validation numbers and test accuracy at each fixed budget (when the run's files are here)."""
+    """The base VL's validation accuracy beside its blind baseline, Stage A's validation numbers and test accuracy at
+    each fixed budget (when the run's files are here)."""
     lines = []
+    base_vl = METRICS / "base_vl.json"
+    if base_vl.is_file() and json.loads(base_vl.read_text()).get("trained_here"):
+        values = json.loads(base_vl.read_text())
+        lines += ["", "| base VL (validation, VL-only questions) | value |", "| --- | --- |",
+                  f"| accuracy | {_fmt(values.get('val_acc'))} |",
+                  f"| accuracy with every image blanked (blind baseline) | {_fmt(values.get('val_acc_blind'))} |"]
     stage_a = METRICS / "stage_a.json"
     if stage_a.is_file():
         values = json.loads(stage_a.read_text())

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from safe.config import BaseVLConfig, ModelConfig
@@ -37,12 +38,19 @@ class BaseVLReport:
     val_examples: int
     history: list[dict]
     vision: VisionPretrainReport | None = None
+    blind_val_acc: float | None = None
+    """The best model's VL-only validation accuracy with every image blanked: what the questions alone give away."""
 
     def to_json(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k != "vision"}
         if self.vision is not None:
             out["vision"] = dict(self.vision.__dict__)
         return out
+
+
+def blank_like(image: Image.Image | None) -> Image.Image | None:
+    """A mid-grey image of the same size and mode (None stays None): the blind baseline's input."""
+    return None if image is None else Image.new(image.mode, image.size, (128,) * len(image.getbands()))
 
 
 def vl_only(records: Sequence[ManifestRecord]) -> list[ManifestRecord]:
@@ -187,12 +195,14 @@ def train_base_vl(
             break
     bar.close()
     llava.load_state_dict(best["state"])
+    blind = all_reduce_sum(torch.tensor(greedy_score_sum(llava, prompts, my_val, [blank_like(i) for i in my_val_images])))
     if accelerator.is_main_process:
         with atomic_dir(out_dir) as tmp:  # no half-written checkpoint is ever left
             llava.save_pretrained(tmp)
             processor.save_pretrained(tmp)
     accelerator.wait_for_everyone()
-    return BaseVLReport(epoch, best["acc"], best["epoch"], len(train), len(val), history, vision)
+    return BaseVLReport(epoch, best["acc"], best["epoch"], len(train), len(val), history, vision,
+                        blind_val_acc=float(blind) / len(val))
 
 
 def _pretrain_vision(llava, processor, manifest: Manifest, train_all, val, images: dict, image_tags, cfg: BaseVLConfig,

@@ -31,6 +31,9 @@ def test_results_md_reports_the_run_and_the_newest_seeds_record(tmp_path, monkey
     (tmp_path / "data/eval").mkdir(parents=True)
     (tmp_path / "data/eval/metrics.json").write_text(json.dumps(metrics))
     (tmp_path / "data/eval/promotion.json").write_text(json.dumps(promotion))
+    (tmp_path / "data/metrics").mkdir(parents=True)
+    (tmp_path / "data/metrics/base_vl.json").write_text(json.dumps({"trained_here": 1, "val_acc": 0.9273,
+                                                                    "val_acc_blind": 0.3273}))
     (tmp_path / "benchmarks").mkdir()
     seed_run = {"seed": 0, "decision": "champion", "metrics": metrics}
     records = [{"profile": "tiny", "commit": "old", "machine": "m", "date": "d1", "runs": [seed_run]},
@@ -47,3 +50,4 @@ def test_results_md_reports_the_run_and_the_newest_seeds_record(tmp_path, monkey
     assert "| VL answers changed, budget forced on, worst wrong clip | n/a | n/a |" in text  # no probe columns
     assert "commit new" in text and "**1 of 2 seeds promoted**" in text and "commit old" not in text
     assert f"| deployed gate | {metrics['latency_ms_policy']:.4f} |" in text
+    assert "| accuracy | 0.9273 |" in text and "| accuracy with every image blanked (blind baseline) | 0.3273 |" in text

@@ -86,4 +86,6 @@ def trained_base(bench, tmp_path_factory):
     report = train_base_vl(manifest, model_cfg, BaseVLConfig(epochs=30, batch_size=16, lr=3e-3, target_val_acc=1.0),
                            32, out, progress=False)
     assert report.best_val_acc == 1.0, report.history
+    # The colour is in the image only: blanked, the model cannot beat a constant answer (half the rows).
+    assert report.blind_val_acc is not None and report.blind_val_acc <= 0.75, report.blind_val_acc
     return BaseVLModel.from_pretrained(out)
