@@ -40,8 +40,9 @@ repro: setup
 	dvc repro
 
 # docs/results.md from the last run's files (and benchmarks/results_seeds.jsonl): commit it with the run's code.
+# RESULTS_ARGS=--archive also keeps the run's files in docs/runs/<profile>/ (the profiles side-by-side table).
 results: setup
-	python -m pipelines.results
+	python -m pipelines.results $(RESULTS_ARGS)
 
 test: setup
 	@# pytest exits 5 when it collects no tests; that is not a failure of the code under test.

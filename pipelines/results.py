@@ -2,13 +2,17 @@
 
     python -m pipelines.results            # after `make demo` (and optionally benchmarks/bench_seeds.py)
 
-Reads data/eval/metrics.json, data/eval/promotion.json, data/metrics/*.json (this checkout's last run) and
+    python -m pipelines.results --archive  # also keep this run's files in docs/runs/<profile>/ (commit them)
+
+Reads data/eval/metrics.json, data/eval/promotion.json, data/metrics/*.json (this checkout's last run),
+docs/runs/<profile>/ (the archived last run of each other profile, for the side-by-side table) and
 benchmarks/results_seeds.jsonl (every seeds benchmark run, newest per profile shown). Stamps the commit, the
 machine and the date of the run it reports; `make results` runs it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -21,6 +25,7 @@ from pipelines.common import EVAL, METRICS, config
 from safe.io import write_text_atomic
 
 OUT = Path("docs/results.md")
+RUNS = Path("docs/runs")
 SEEDS = Path("benchmarks/results_seeds.jsonl")
 CRITERIA_LABELS = {"retention_drop": "VL retention drop", "audio_gain": "audio-dependent gain",
                    "skip_rate": "skip rate, examples with a clip",
@@ -47,8 +52,73 @@ def _commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     # The run's own outputs (data/, dvc.lock, this file) are not code changes.
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!data", ":!dvc.lock",
-                            ":!docs/results.md"], capture_output=True, text=True)
+                            ":!docs/results.md", ":!docs/runs"], capture_output=True, text=True)
     return (out.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def this_run() -> dict:
+    """This checkout's last run, as the files `--archive` keeps (metrics, promotion, stage metrics, budget curve)."""
+    details = _read_json(EVAL / "details.json")
+    return {"metrics": _read_json(EVAL / "metrics.json"), "promotion": _read_json(EVAL / "promotion.json"),
+            "base_vl": _read_json(METRICS / "base_vl.json"), "stage_a": _read_json(METRICS / "stage_a.json"),
+            "accuracy_vs_budget": details.get("accuracy_vs_budget", {}),
+            "run": {"commit": _commit(), "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()})",
+                    "evaluated": time.strftime("%Y-%m-%d %H:%M UTC",
+                                               time.gmtime((EVAL / "metrics.json").stat().st_mtime))}}
+
+
+def archive(profile: str, run: dict) -> Path:
+    """Keep `run`'s files in docs/runs/<profile>/ (one json per part, each written atomically)."""
+    folder = RUNS / profile
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, value in run.items():
+        write_text_atomic(folder / f"{part}.json", json.dumps(value, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def archived_runs() -> dict[str, dict]:
+    """profile -> the run archived in docs/runs/<profile>/."""
+    if not RUNS.is_dir():
+        return {}
+    return {d.name: {p.stem: _read_json(p) for p in sorted(d.glob("*.json"))}
+            for d in sorted(RUNS.iterdir()) if (d / "metrics.json").is_file()}
+
+
+def side_by_side(runs: dict[str, dict]) -> list[str]:
+    """One column per profile: the decision, the base VL and its blind baseline, each criterion with its bound."""
+    if len(runs) < 2:
+        return []
+    names = sorted(runs)
+
+    def row(label, cell) -> str:
+        return f"| {label} | " + " | ".join(cell(runs[n]) for n in names) + " |"
+
+    def bounded(key, bound):
+        return lambda r: f"{_fmt(r['metrics'].get(key))} ({_fmt(r['metrics'].get(bound))})"
+
+    def at_budgets(r):
+        curve = r.get("accuracy_vs_budget", {}).get("audio", {})
+        return " / ".join(_fmt(curve.get(str(b))) for b in (4, 8, 12)) if curve else "n/a"
+
+    lines = ["## Profiles side by side (each profile's last archived run; value and 95% bound)", "",
+             "| measure | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names),
+             row("decision", lambda r: f"**{r['promotion'].get('decision', 'n/a')}**"),
+             row("run", lambda r: f"{r['run'].get('commit', '?')}, {r['run'].get('evaluated', '?')}"),
+             row("test examples", lambda r: str(r["metrics"].get("n_test", "n/a"))),
+             row("base VL validation accuracy (blind baseline)",
+                 lambda r: f"{_fmt(r['base_vl'].get('val_acc'))} ({_fmt(r['base_vl'].get('val_acc_blind'))})"
+                 if r.get("base_vl", {}).get("trained_here") else "checkpoint"),
+             row(CRITERIA_LABELS["retention_drop"], bounded("retention_drop", "retention_drop_upper")),
+             row(CRITERIA_LABELS["audio_gain"], bounded("audio_gain", "audio_gain_lower")),
+             row(CRITERIA_LABELS["skip_rate"], lambda r: _fmt(r["metrics"].get("skip_rate"))),
+             row(CRITERIA_LABELS["irrelevant_flip_rate"], bounded("irrelevant_flip_rate", "irrelevant_flip_rate_upper")),
+             row(CRITERIA_LABELS["forced_flip_rate"], bounded("forced_flip_rate", "forced_flip_rate_upper")),
+             row("test audio-dependent accuracy at budgets 4 / 8 / 12", at_budgets)]
+    return lines
 
 
 def run_section(profile: str) -> list[str]:
@@ -135,10 +205,18 @@ def seeds_section() -> list[str]:
     return lines
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archive", action="store_true",
+                        help="also keep this run's files in docs/runs/<profile>/ for the side-by-side table")
+    args = parser.parse_args(argv)
     profile = config().profile
+    runs = archived_runs()
+    if args.archive:
+        print(f"archived this run in {archive(profile, this_run())}")
+        runs = archived_runs()
     text = "\n".join(["# SAFE results", "", "Generated by `python -m pipelines.results` from the run's files; do not "
-                      "edit by hand.", "", *run_section(profile), "", *seeds_section(), ""])
+                      "edit by hand.", "", *run_section(profile), "", *side_by_side(runs), "", *seeds_section(), ""])
     OUT.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(OUT, text)
     print(f"wrote {OUT}")

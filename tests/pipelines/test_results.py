@@ -41,7 +41,7 @@ def test_results_md_reports_the_run_and_the_newest_seeds_record(tmp_path, monkey
                 "runs": [seed_run, {**seed_run, "seed": 1, "decision": "rejected"}]}]
     (tmp_path / "benchmarks/results_seeds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
-    results.main()
+    results.main([])
 
     text = (tmp_path / "docs/results.md").read_text()
     assert "Decision: **rejected** (v3, failed: skip_rate)" in text
@@ -51,3 +51,35 @@ def test_results_md_reports_the_run_and_the_newest_seeds_record(tmp_path, monkey
     assert "commit new" in text and "**1 of 2 seeds promoted**" in text and "commit old" not in text
     assert f"| deployed gate | {metrics['latency_ms_policy']:.4f} |" in text
     assert "| accuracy | 0.9273 |" in text and "| accuracy with every image blanked (blind baseline) | 0.3273 |" in text
+
+
+def test_archive_puts_profiles_side_by_side(tmp_path, monkeypatch):
+    """`--archive` keeps this run's files in docs/runs/<profile>/; with two profiles archived, results.md has one
+    column per profile, each read from its own files (decision, base VL beside its blind baseline, bounds)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("profile: tiny\n")
+    metrics = compute_metrics(_table(), {"policy": [2.0], "always_audio": [9.0], "base": [1.0]})
+    promotion = PromotionResult("champion", "safe-audio-vl", "1", evaluate_criteria(metrics), ()).to_json()
+    (tmp_path / "data/eval").mkdir(parents=True)
+    (tmp_path / "data/metrics").mkdir(parents=True)
+    (tmp_path / "data/eval/metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "data/eval/promotion.json").write_text(json.dumps(promotion))
+    (tmp_path / "data/eval/details.json").write_text(json.dumps({"accuracy_vs_budget": {"audio": {"4": 0.25, "8": 0.5,
+                                                                                                  "12": 0.75}}}))
+    (tmp_path / "data/metrics/base_vl.json").write_text(json.dumps({"trained_here": 1, "val_acc": 0.9,
+                                                                    "val_acc_blind": 0.3}))
+    results.main(["--archive"])
+    assert json.loads((tmp_path / "docs/runs/tiny/base_vl.json").read_text())["val_acc_blind"] == 0.3
+    assert "Profiles side by side" not in (tmp_path / "docs/results.md").read_text()  # one profile: nothing to compare
+
+    other = {**results.this_run(), "promotion": {**promotion, "decision": "rejected"},
+             "base_vl": {"trained_here": 1, "val_acc": 0.45, "val_acc_blind": 0.31}, "accuracy_vs_budget": {}}
+    results.archive("smol", other)
+    results.main([])
+    text = (tmp_path / "docs/results.md").read_text()
+    assert "| measure | smol | tiny |" in text
+    assert "| decision | **rejected** | **champion** |" in text
+    assert "| base VL validation accuracy (blind baseline) | 0.4500 (0.3100) | 0.9000 (0.3000) |" in text
+    assert "| test audio-dependent accuracy at budgets 4 / 8 / 12 | n/a | 0.2500 / 0.5000 / 0.7500 |" in text
+    gain = f"{metrics['audio_gain']:.4f} ({metrics['audio_gain_lower']:.4f})"
+    assert f"| audio-dependent gain | {gain} | {gain} |" in text
