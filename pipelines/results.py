@@ -154,9 +154,8 @@ def mechanisms_lines() -> list[str]:
     """The base VL's validation accuracy beside its blind baseline, Stage A's validation numbers and test accuracy at
     each fixed budget (when the run's files are here)."""
     lines = []
-    base_vl = METRICS / "base_vl.json"
-    if base_vl.is_file() and json.loads(base_vl.read_text()).get("trained_here"):
-        values = json.loads(base_vl.read_text())
+    values = _read_json(METRICS / "base_vl.json")
+    if values.get("trained_here"):
         lines += ["", "| base VL (validation, VL-only questions) | value |", "| --- | --- |",
                   f"| accuracy | {_fmt(values.get('val_acc'))} |",
                   f"| accuracy with every image blanked (blind baseline) | {_fmt(values.get('val_acc_blind'))} |"]
