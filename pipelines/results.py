@@ -53,7 +53,12 @@ def _commit() -> str:
     # The run's own outputs (data/, dvc.lock, this file) are not code changes.
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!data", ":!dvc.lock",
                             ":!docs/results.md", ":!docs/runs"], capture_output=True, text=True)
-    return (out.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+    changed = sorted(line[3:] for line in dirty.stdout.splitlines() if line.strip())
+    if not changed:
+        return out.stdout.strip() or "unknown"
+    # A few edited files are named (switching profiles edits params.yaml); more are summarised.
+    note = f"uncommitted: {', '.join(changed)}" if len(changed) <= 3 else "with uncommitted changes"
+    return f"{out.stdout.strip() or 'unknown'} ({note})"
 
 
 def _read_json(path: Path) -> dict:

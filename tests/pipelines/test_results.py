@@ -83,3 +83,22 @@ def test_archive_puts_profiles_side_by_side(tmp_path, monkeypatch):
     assert "| test audio-dependent accuracy at budgets 4 / 8 / 12 | n/a | 0.2500 / 0.5000 / 0.7500 |" in text
     gain = f"{metrics['audio_gain']:.4f} ({metrics['audio_gain_lower']:.4f})"
     assert f"| audio-dependent gain | {gain} | {gain} |" in text
+
+
+def test_run_stamp_names_a_few_edited_files(tmp_path, monkeypatch):
+    """Switching profiles edits params.yaml: the stamp names it instead of a vague "uncommitted changes"; the run's
+    own outputs (data/, dvc.lock, results.md, docs/runs/) never count."""
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    git = lambda *args: subprocess.run(["git", *args], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("profile: demo\n")
+    (tmp_path / "dvc.lock").write_text("a\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    clean = results._commit()
+    (tmp_path / "dvc.lock").write_text("b\n")
+    assert results._commit() == clean
+    (tmp_path / "params.yaml").write_text("profile: smol\n")
+    assert results._commit() == f"{clean} (uncommitted: params.yaml)"
