@@ -126,13 +126,12 @@ def side_by_side(runs: dict[str, dict]) -> list[str]:
     return lines
 
 
-def run_section(profile: str) -> list[str]:
-    metrics = json.loads((EVAL / "metrics.json").read_text())
-    promotion = json.loads((EVAL / "promotion.json").read_text())
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime((EVAL / "metrics.json").stat().st_mtime))
+def run_section(profile: str, run: dict) -> list[str]:
+    """This checkout's last run (`this_run()`): the criteria with their bounds, other measures, latency, mechanisms."""
+    metrics, promotion, stamp = run["metrics"], run["promotion"], run["run"]
     lines = [f"## Last `dvc repro` of this checkout ({profile} profile)", "",
-             f"Commit {_commit()}, machine {platform.node()} ({os.cpu_count()} cores, {platform.machine()}), "
-             f"evaluated {stamp}; {metrics['n_test']} test examples. Decision: **{promotion['decision']}** "
+             f"Commit {stamp['commit']}, machine {stamp['machine']}, "
+             f"evaluated {stamp['evaluated']}; {metrics['n_test']} test examples. Decision: **{promotion['decision']}** "
              f"(v{promotion['version']}" + (f", failed: {', '.join(promotion['failed'])}" if promotion["failed"] else "")
              + ").", "", "| criterion | value | 95% bound | n | threshold | gated on | passed |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -148,37 +147,32 @@ def run_section(profile: str) -> list[str]:
     for label, path in (("deployed gate", "policy"), ("always audio", "always_audio"), ("base VL", "base")):
         lines.append(f"| {label} | " + " | ".join(_fmt(metrics.get(f"latency_ms_{path}{s}")) for s in ("", "_mean", "_p90"))
                      + " |")
-    lines += mechanisms_lines()
+    lines += mechanisms_lines(run)
     stage_files = sorted(METRICS.glob("*.json"))
     if stage_files:
         lines += ["", "Stage metrics of that run: " + ", ".join(f"`{p.as_posix()}`" for p in stage_files) + "."]
     return lines
 
 
-def mechanisms_lines() -> list[str]:
+def mechanisms_lines(run: dict) -> list[str]:
     """The base VL's validation accuracy beside its blind baseline, Stage A's validation numbers and test accuracy at
-    each fixed budget (when the run's files are here)."""
+    each fixed budget (when the run wrote them)."""
     lines = []
-    values = _read_json(METRICS / "base_vl.json")
-    if values.get("trained_here"):
+    base_vl, stage_a, curve = run["base_vl"], run["stage_a"], run["accuracy_vs_budget"]
+    if base_vl.get("trained_here"):
         lines += ["", "| base VL (validation, VL-only questions) | value |", "| --- | --- |",
-                  f"| accuracy | {_fmt(values.get('val_acc'))} |",
-                  f"| accuracy with every image blanked (blind baseline) | {_fmt(values.get('val_acc_blind'))} |"]
-    stage_a = METRICS / "stage_a.json"
-    if stage_a.is_file():
-        values = json.loads(stage_a.read_text())
+                  f"| accuracy | {_fmt(base_vl.get('val_acc'))} |",
+                  f"| accuracy with every image blanked (blind baseline) | {_fmt(base_vl.get('val_acc_blind'))} |"]
+    if stage_a:
         lines += ["", "| Stage A (validation, best checkpoint) | value |", "| --- | --- |"]
-        lines += [f"| {label} | {_fmt(values.get(key))} |" for key, label in STAGE_A_ROWS]
-    details = EVAL / "details.json"
-    if details.is_file():
-        curve = json.loads(details.read_text()).get("accuracy_vs_budget", {})
-        budgets = sorted({int(b) for rows in curve.values() for b in rows})
-        if budgets:
-            lines += ["", "| test accuracy at a fixed budget | " + " | ".join(str(b) for b in budgets) + " |",
-                      "| --- |" + " --- |" * len(budgets)]
-            for kind, label in (("audio", "audio-dependent questions"), ("vl", "VL-only questions")):
-                if kind in curve:
-                    lines.append(f"| {label} | " + " | ".join(_fmt(curve[kind].get(str(b))) for b in budgets) + " |")
+        lines += [f"| {label} | {_fmt(stage_a.get(key))} |" for key, label in STAGE_A_ROWS]
+    budgets = sorted({int(b) for rows in curve.values() for b in rows})
+    if budgets:
+        lines += ["", "| test accuracy at a fixed budget | " + " | ".join(str(b) for b in budgets) + " |",
+                  "| --- |" + " --- |" * len(budgets)]
+        for kind, label in (("audio", "audio-dependent questions"), ("vl", "VL-only questions")):
+            if kind in curve:
+                lines.append(f"| {label} | " + " | ".join(_fmt(curve[kind].get(str(b))) for b in budgets) + " |")
     return lines
 
 
@@ -214,13 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--archive", action="store_true",
                         help="also keep this run's files in docs/runs/<profile>/ for the side-by-side table")
     args = parser.parse_args(argv)
-    profile = config().profile
-    runs = archived_runs()
+    profile, run = config().profile, this_run()
     if args.archive:
-        print(f"archived this run in {archive(profile, this_run())}")
-        runs = archived_runs()
+        print(f"archived this run in {archive(profile, run)}")
     text = "\n".join(["# SAFE results", "", "Generated by `python -m pipelines.results` from the run's files; do not "
-                      "edit by hand.", "", *run_section(profile), "", *side_by_side(runs), "", *seeds_section(), ""])
+                      "edit by hand.", "", *run_section(profile, run), "", *side_by_side(archived_runs()), "",
+                      *seeds_section(), ""])
     OUT.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(OUT, text)
     print(f"wrote {OUT}")
