@@ -232,6 +232,10 @@ class BaseVLConfig:
     image whose scene is known (`safe.training.vision_pretrain`); the answer training stays on VL-only examples."""
     vision_pretrain_lr: float = 1e-3
     vision_pretrain_batch_size: int = 64
+    question_lm_weight: float = 0.0
+    """Weight of a next-token loss on the text of every training question (audio ones too, never their answers),
+    added to each step while a from-scratch LM trains: a pretrained LLM knows the words of the audio questions, and
+    a base that never read them gives "count the beeps" and "count the shapes" nearly the same hidden states."""
     freeze_pretrained_vision: bool = True
     """Keep a tag-pretrained vision tower frozen while the LLaVA learns to answer (as LLaVA keeps CLIP frozen): the
     answer loss otherwise unlearns what the tags taught (docs/EXPERIMENTS.md#vision-tower-tag-pretraining)."""
@@ -241,6 +245,7 @@ class BaseVLConfig:
         _check(self.epochs >= 1 and self.batch_size >= 1, "base_vl.epochs and base_vl.batch_size must be >= 1")
         _check(self.vision_pretrain_epochs >= 0, "base_vl.vision_pretrain_epochs must be >= 0")
         _check(self.vision_pretrain_batch_size >= 1, "base_vl.vision_pretrain_batch_size must be >= 1")
+        _check(self.question_lm_weight >= 0, f"base_vl.question_lm_weight must be >= 0, got {self.question_lm_weight}")
 
 
 @dataclass(frozen=True)

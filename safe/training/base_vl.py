@@ -130,6 +130,7 @@ def train_base_vl(
     llava, processor = build_trainable_vl(model_cfg, texts, image_size)
     prompts = PromptEncoder(processor)
     images = {r.id: (load_image(manifest.resolve(r.image)) if r.image else None) for r in train_records + val}
+    questions = sorted({r.question for r in train_all})  # every training question's text, audio ones included
     vision = None
     if cfg.vision_pretrain_epochs and image_tags is not None:
         vision = _pretrain_vision(llava, processor, manifest, train_all, val, images, image_tags, cfg,
@@ -170,6 +171,10 @@ def train_base_vl(
                 ).logits  # (B_local, T, V)
                 tokens = all_reduce_sum((batch.labels[:, 1:] != -100).sum().float()).clamp(min=1.0)
                 loss = answer_loss(logits, batch.labels, tokens) * world  # DDP averages: x world = global mean
+                if cfg.question_lm_weight:
+                    loss = loss + cfg.question_lm_weight * _question_lm_loss(
+                        train_llava, prompts, [questions[i] for i in rng.integers(len(questions), size=len(pairs))],
+                        accelerator.device, world)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(llava.parameters(), 1.0)
@@ -203,6 +208,17 @@ def train_base_vl(
     accelerator.wait_for_everyone()
     return BaseVLReport(epoch, best["acc"], best["epoch"], len(train), len(val), history, vision,
                         blind_val_acc=float(blind) / len(val))
+
+
+def _question_lm_loss(llava, prompts: PromptEncoder, questions: list[str], device, world: int) -> torch.Tensor:
+    """Next-token cross-entropy over text-only prompts of `questions` (no image, no answer): the language model
+    learns the questions' words, the audio ones included, without ever seeing an audio answer."""
+    batch = prompts.encode(questions, [None] * len(questions)).to(device)
+    labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)  # (B, T): every real token
+    logits = llava(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=batch.position_ids).logits  # (B, T, V)
+    tokens = all_reduce_sum((labels[:, 1:] != -100).sum().float()).clamp(min=1.0)
+    return answer_loss(logits, labels, tokens) * world
 
 
 def _pretrain_vision(llava, processor, manifest: Manifest, train_all, val, images: dict, image_tags, cfg: BaseVLConfig,
