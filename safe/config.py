@@ -622,6 +622,10 @@ def build_config(params: Mapping[str, Any], profiles_dir: Path | None = None) ->
             sections[name] = cls(**merged)
         except TypeError as exc:  # wrong value types surface here
             raise ConfigError(f"params section {name!r}: {exc}") from exc
+    if sections["base_vl"].question_lm_weight and sections["accelerate"].num_processes > 1:
+        # The question loss is a second forward before each backward, which has not been checked under DDP.
+        raise ConfigError("base_vl.question_lm_weight runs in one process only: set accelerate.num_processes: 1, or "
+                          "base_vl.question_lm_weight: 0 to train the base VL in several")
     return SafeConfig(profile=profile, **sections)
 
 

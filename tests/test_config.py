@@ -54,6 +54,15 @@ def test_data_check_settings_and_sampling_weights():
             build_config({"profile": "tiny", "data": bad})
 
 
+def test_question_lm_loss_is_refused_under_several_processes():
+    from safe.config import ConfigError, build_config
+
+    assert build_config({"profile": "demo"}).base_vl.question_lm_weight == 1.0
+    with pytest.raises(ConfigError, match="base_vl.question_lm_weight.*accelerate.num_processes: 1"):
+        build_config({"profile": "demo", "accelerate": {"num_processes": 2}})
+    build_config({"profile": "demo", "accelerate": {"num_processes": 2}, "base_vl": {"question_lm_weight": 0}})
+
+
 # What safe/config.py's PROFILE_DEFAULTS held when the profiles moved to profiles/*.yaml: the files must load to the
 # same values. A profile changed on purpose changes here too (and gets a docs/EXPERIMENTS.md entry).
 PROFILE_DEFAULTS_WHEN_MOVED = {
