@@ -83,10 +83,14 @@ class CrossAttentionBlock(nn.Module):
         return torch.sigmoid(self.gate_logit)
 
     def question_summary(self, hidden_states: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """Mean of the normalised hidden states over the prompt's text tokens: (B, T, D), (B, T) bool -> (B, D)."""
+        """The normalised hidden state of the prompt's text token the gate scores highest: (B, T, D), (B, T) bool ->
+        (B, D). A question that needs audio says so in a word ("hear", "beeps"); reading that word instead of the
+        sentence's mean keeps the decision when the rest of the sentence is phrased in a new way."""
         normed = self.query_norm(hidden_states)  # (B, T, D)
-        m = text_mask.to(device=normed.device, dtype=normed.dtype).unsqueeze(-1)  # (B, T, 1)
-        return (normed * m).sum(1) / m.sum(1).clamp(min=1.0)
+        mask = text_mask.to(normed.device)
+        scores = self.gate_proj(normed).squeeze(-1).masked_fill(~mask, float("-inf"))  # (B, T)
+        pick = scores.argmax(-1)  # (B,)
+        return normed[torch.arange(normed.shape[0], device=normed.device), pick]  # (B, D)
 
     def example_gate(self, question: torch.Tensor) -> torch.Tensor:
         """The gate in [0, 1] of each example: (B, D) question summary -> (B, 1, 1)."""
@@ -134,7 +138,7 @@ class CrossAttentionBlock(nn.Module):
         delta = self.o_proj(ctx.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
 
         if gate is None:
-            g = self.example_gate(normed.mean(1))  # (B, 1, 1)
+            g = self.example_gate(self.question_summary(hidden_states, torch.ones(B, T, dtype=torch.bool)))
         else:
             g = torch.as_tensor(gate, dtype=delta.dtype, device=delta.device)
             g = g.view(-1, 1, 1) if g.dim() == 1 else g  # (B, 1, 1) or scalar
