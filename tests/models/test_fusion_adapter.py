@@ -80,3 +80,28 @@ def test_host_initialisation_copies_the_decoder_attention_and_names_a_shape_mism
     host.k_proj = torch.nn.Linear(32, 8, bias=False)  # grouped-query attention: k/v narrower than the hidden size
     with pytest.raises(ValueError, match="k_proj.*fusion_init: random"):
         CrossAttentionBlock(32, 4, init_from=host)
+
+
+def test_gate_reads_the_questions_most_audio_like_word_however_long_the_sentence():
+    """One word the gate scores high ("beeps") opens it the same amount among 2 or 12 other words; the sentence mean
+    would dilute it, and a rephrasing that only adds words would close the gate."""
+    torch.manual_seed(0)
+    D = 16
+    block = CrossAttentionBlock(hidden_size=D, num_attention_heads=2, rank=2)
+    with torch.no_grad():
+        block.gate_proj.weight.zero_()
+        block.gate_proj.weight[0, :2] = torch.tensor([4.0, -4.0])  # the gate's "audio" direction
+    word = torch.zeros(D)
+    word[0] = 1.0  # after the block's LayerNorm: the direction the gate scores high
+    fillers = torch.randn(12, D)
+    fillers[:, :2] = 0.0  # words the gate scores 0 (neither audio nor not)
+
+    def gate(n_fillers: int, with_word: bool = True) -> float:
+        rows = [fillers[:n_fillers]] + ([word.unsqueeze(0)] if with_word else [])
+        hidden = torch.cat(rows).unsqueeze(0)  # (1, T, D)
+        mask = torch.ones(hidden.shape[:2], dtype=torch.bool)
+        with torch.no_grad():
+            return float(block.example_gate(block.question_summary(hidden, mask)))
+
+    assert gate(2) == pytest.approx(gate(12), abs=1e-6)
+    assert gate(12) > 0.9 and gate(12, with_word=False) < gate(12) - 0.3
