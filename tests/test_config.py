@@ -81,7 +81,7 @@ PROFILE_DEFAULTS_WHEN_MOVED = {
                   "text_layers": 3, "text_intermediate": 256, "fusion_layers": [-3, -2, -1], "lora_rank": 32},
         "base_vl": {"epochs": 10, "batch_size": 64, "lr": 1e-3, "vision_pretrain_epochs": 40,
                     "question_lm_weight": 1.0},  # docs/EXPERIMENTS.md#question-lm
-        "stage_a": {"steps": 2000, "eval_every": 100,
+        "stage_a": {"steps": 1600, "eval_every": 100,  # docs/EXPERIMENTS.md#gate-reads-words
                     "retention_flip_tolerance": 0.02},  # docs/EXPERIMENTS.md#stage-a-flip-tolerance
         "stage_b": {"steps": 800},
     },

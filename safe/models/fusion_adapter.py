@@ -83,14 +83,17 @@ class CrossAttentionBlock(nn.Module):
         return torch.sigmoid(self.gate_logit)
 
     def question_summary(self, hidden_states: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """The normalised hidden state of the prompt's text token the gate scores highest: (B, T, D), (B, T) bool ->
-        (B, D). A question that needs audio says so in a word ("hear", "beeps"); reading that word instead of the
-        sentence's mean keeps the decision when the rest of the sentence is phrased in a new way."""
+        """Attention pooling of the prompt's text tokens by the gate's own score: (B, T, D), (B, T) bool -> (B, D).
+
+        sum_t softmax_t(w . h_t) h_t over the normalised hidden states: the mean while w = 0 (a fresh gate), then
+        weighted towards the words the gate finds audio-like. A question that needs audio says so in a word
+        ("hear", "beeps"); reading that word rather than the sentence's mean keeps the decision when the rest of the
+        sentence is phrased in a new way (docs/EXPERIMENTS.md#gate-reads-words)."""
         normed = self.query_norm(hidden_states)  # (B, T, D)
         mask = text_mask.to(normed.device)
         scores = self.gate_proj(normed).squeeze(-1).masked_fill(~mask, float("-inf"))  # (B, T)
-        pick = scores.argmax(-1)  # (B,)
-        return normed[torch.arange(normed.shape[0], device=normed.device), pick]  # (B, D)
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # (B, T); a row without text tokens: all 0
+        return torch.einsum("bt,btd->bd", weights, normed)  # (B, D)
 
     def example_gate(self, question: torch.Tensor) -> torch.Tensor:
         """The gate in [0, 1] of each example: (B, D) question summary -> (B, 1, 1)."""
