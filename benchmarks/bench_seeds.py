@@ -57,7 +57,10 @@ def run_seed(project: Path, seed: int, keep: bool, threads: int | None = None) -
     folder = Path(tempfile.mkdtemp(prefix=f"safe-seed{seed}-"))
     try:
         seed_project(project, folder, seed)
-        env = {**os.environ, "SAFE_PROJECT_DIR": str(folder), "SAFE_CACHE_DIR": str(project / ".safe_cache"),
+        # This interpreter's environment first: its dvc, and the `python` that dvc.yaml's stage commands run.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env = {**os.environ, "PATH": path, "SAFE_PROJECT_DIR": str(folder),
+               "SAFE_CACHE_DIR": str(project / ".safe_cache"),
                "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"}
         if threads is not None:  # seeds side by side: one thread each beats oversubscribed OpenMP spinning
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
