@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from safe.environment import interpreter_first_path
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results_seeds.jsonl"
 COPIED = ("safe", "pipelines", "params.yaml", "profiles", "dvc.yaml", "dvc.lock", ".dvc", ".dvcignore", "pyproject.toml", "data")
@@ -57,9 +59,7 @@ def run_seed(project: Path, seed: int, keep: bool, threads: int | None = None) -
     folder = Path(tempfile.mkdtemp(prefix=f"safe-seed{seed}-"))
     try:
         seed_project(project, folder, seed)
-        # This interpreter's environment first: its dvc, and the `python` that dvc.yaml's stage commands run.
-        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        env = {**os.environ, "PATH": path, "SAFE_PROJECT_DIR": str(folder),
+        env = {**os.environ, "PATH": interpreter_first_path(), "SAFE_PROJECT_DIR": str(folder),
                "SAFE_CACHE_DIR": str(project / ".safe_cache"),
                "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"}
         if threads is not None:  # seeds side by side: one thread each beats oversubscribed OpenMP spinning
@@ -67,7 +67,8 @@ def run_seed(project: Path, seed: int, keep: bool, threads: int | None = None) -
         env.pop("SAFE_MLFLOW_PARENT_RUN_ID", None)
         (folder / "mlruns").mkdir(exist_ok=True)
         start = time.perf_counter()
-        result = subprocess.run(["dvc", "repro", "promote"], cwd=folder, env=env, capture_output=True, text=True)
+        result = subprocess.run([sys.executable, "-m", "dvc", "repro", "promote"], cwd=folder, env=env,
+                                capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if result.returncode != 0:
             tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from safe.environment import set_environment
+from safe.environment import interpreter_first_path, set_environment
 
 set_environment()
 # the ephemeral API needs more than its default startup timeout on a busy 2-core machine
@@ -107,7 +107,7 @@ def _stage_env(project: Path, parent_run_id: str) -> dict[str, str]:
     env[tracking.PARENT_ENV] = parent_run_id
     env[tracking.PROJECT_ENV] = str(project)
     env["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(project)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PATH"] = interpreter_first_path(env.get("PATH", ""))
     return env
 
 

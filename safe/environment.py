@@ -7,6 +7,8 @@ win, so `HF_HUB_OFFLINE=0 safe ...` still reaches the hub.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import Mapping
 
 TELEMETRY_OFF: Mapping[str, str] = {
@@ -25,3 +27,10 @@ def set_environment(offline: bool = True) -> dict[str, str]:
     for key, value in settings.items():
         os.environ.setdefault(key, value)
     return settings
+
+
+def interpreter_first_path(path: str | None = None) -> str:
+    """`path` (default: this process's PATH) with this interpreter's bin folder first, so a child process finds the
+    same environment's `python`, `dvc` and `safe` (dvc.yaml's stage commands run a bare `python`)."""
+    path = os.environ.get("PATH", "") if path is None else path
+    return os.pathsep.join([str(Path(sys.executable).parent), path])

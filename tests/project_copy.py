@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from safe.environment import OFFLINE, TELEMETRY_OFF
+from safe.environment import OFFLINE, TELEMETRY_OFF, interpreter_first_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +39,7 @@ def copy_project(parent: Path, params: Mapping[str, Any]) -> tuple[Path, dict]:
     (dst / "params.yaml").write_text(yaml.safe_dump(current, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "SAFE_"))}
     env.update({
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "PATH": interpreter_first_path(env.get("PATH", "")),
         "PREFECT_HOME": str(dst.parent / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING", **TELEMETRY_OFF, **OFFLINE, "SAFE_CACHE_DIR": str(dst.parent / "cache"),
         "PYTHONPATH": str(dst), "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com",
