@@ -23,7 +23,7 @@ from safe.data.media import load_image
 from safe.distributed import all_reduce_sum, make_accelerator
 from safe.eval.metrics import score
 from safe.io import atomic_dir
-from safe.training.losses import answer_loss
+from safe.training.losses import answer_loss, answer_positions
 from safe.training.schedules import warmup_cosine
 from safe.models.base_vl import PromptEncoder, build_trainable_vl
 from safe.training.vision_pretrain import VisionPretrainReport, pretrain_vision_tower
@@ -169,8 +169,7 @@ def train_base_vl(
                     input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                     pixel_values=batch.pixel_values,
                 ).logits  # (B_local, T, V)
-                tokens = all_reduce_sum((batch.labels[:, 1:] != -100).sum().float()).clamp(min=1.0)
-                loss = answer_loss(logits, batch.labels, tokens) * world  # DDP averages: x world = global mean
+                loss = _global_mean_loss(logits, batch.labels, world)
                 if cfg.question_lm_weight:
                     loss = loss + cfg.question_lm_weight * _question_lm_loss(
                         train_llava, prompts, [questions[i] for i in rng.integers(len(questions), size=len(pairs))],
@@ -217,7 +216,13 @@ def _question_lm_loss(llava, prompts: PromptEncoder, questions: list[str], devic
     labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)  # (B, T): every real token
     logits = llava(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                    position_ids=batch.position_ids).logits  # (B, T, V)
-    tokens = all_reduce_sum((labels[:, 1:] != -100).sum().float()).clamp(min=1.0)
+    return _global_mean_loss(logits, labels, world)
+
+
+def _global_mean_loss(logits: torch.Tensor, labels: torch.Tensor, world: int) -> torch.Tensor:
+    """Cross-entropy over this process's labelled tokens divided by the global batch's token count, times the
+    process count because DDP averages the gradients: every process's share adds up to the one-process mean."""
+    tokens = all_reduce_sum(answer_positions(labels).sum().float()).clamp(min=1.0)
     return answer_loss(logits, labels, tokens) * world
 
 
