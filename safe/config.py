@@ -151,6 +151,13 @@ class ModelConfig:
     """Rank of the peft LoRA adapters on each fusion block's attention projections."""
     fusion_init: str = "random"
     """Frozen q/k/v under each fusion block's LoRA: `random` (seeded) or `host` (the decoder layer's attention)."""
+    fusion_gate_reads: str = "first"
+    """Where each fusion block's gate reads the question (`SAFEArchitecture.gate_reads`): `first`, the first fusion
+    layer's states, which no clip has touched yet (docs/EXPERIMENTS.md#gate-reads-the-question); `fused`, each
+    block's own layer, after earlier blocks added audio."""
+    fusion_gate_floor: float = 0.0
+    """A fusion block whose learned gate is below this value adds nothing for that example (the gate becomes 0): a
+    question the gate leans against audio keeps the base answer exactly, whatever clip comes with it. 0: off."""
     dtype: str = "float32"
     activation_checkpointing: bool = False
     """Stage A recomputes the frozen LM's decoder activations in backward instead of keeping them (large models)."""
@@ -166,6 +173,8 @@ class ModelConfig:
         _check(self.text_hidden % self.fusion_heads == 0, "model.text_hidden must be divisible by model.fusion_heads")
         _check(self.lora_rank >= 1, "model.lora_rank must be >= 1")
         _check(self.fusion_init in ("random", "host"), f"model.fusion_init must be random or host, got {self.fusion_init!r}")
+        _check(self.fusion_gate_reads in ("first", "fused"),
+               f"model.fusion_gate_reads must be first or fused, got {self.fusion_gate_reads!r}")
         _check(self.dtype in ("float32", "bfloat16", "float16"), f"model.dtype unknown: {self.dtype}")
         _check(self.language_model is None or (isinstance(self.language_model, str) and self.language_model.strip()),
                f"model.language_model must be a non-empty string or null, got {self.language_model!r}")
@@ -438,7 +447,7 @@ RANGES: dict[str, _Rule] = {
     **{f"model.{k}": _COUNT for k in ("vision_hidden", "vision_layers", "vision_heads", "patch_size", "text_hidden",
                                       "text_layers", "text_heads", "text_intermediate", "projector_hidden",
                                       "fusion_heads", "lora_rank")},
-    "model.seed": _NONNEG_INT,
+    "model.seed": _NONNEG_INT, "model.fusion_gate_floor": _between(0, 1, open_hi=True),
     "accelerate.num_processes": _COUNT, "accelerate.gradient_accumulation_steps": _COUNT,
     "extract_features.batch_size": _COUNT, "extract_features.shard_size": _COUNT,
     "base_vl.epochs": _COUNT, "base_vl.batch_size": _COUNT, "base_vl.lr": _POS_NUM, "base_vl.weight_decay": _NONNEG_NUM,

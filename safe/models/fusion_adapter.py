@@ -4,11 +4,11 @@ The attention projections (q, k, v, o) are frozen linear layers carrying peft Lo
 `inject_adapter_in_model`): only the low-rank updates, the norms and the gate train. The frozen output projection is
 zero and peft starts every `lora_B` at zero, so a fresh block returns its input unchanged and SAFE starts as the base
 model. The frozen q/k/v weights are seeded random projections, or the host decoder layer's own attention weights
-(`init_from`). The gate in [0, 1] is one value per example, sigmoid(learned bias + w . q), read from q = the mean of
-the normalised hidden states over the prompt's text tokens (the question summary), so the question can close it for
+(`init_from`). The gate in [0, 1] is one value per example, sigmoid(learned bias + w . q), read from q = the
+prompt's text tokens pooled by the gate's own word scores (the question summary), so the question can close it for
 VL-only questions (Stage A's gate loss trains it to); w starts at zero, so a fresh gate is the constant
-sigmoid(bias). A forced gate (scalar or per example) replaces it; a forced 0 returns the input exactly without
-computing anything.
+sigmoid(bias). `floor_gate` turns gates below a floor into exactly 0. A forced gate (scalar or per example) replaces
+the learned one; a forced 0 returns the input exactly without computing anything.
 """
 
 from __future__ import annotations
@@ -27,6 +27,13 @@ def lora_config(rank: int) -> LoraConfig:
     """The peft LoRA every fusion block carries on its attention projections (scale alpha / r = 1, no dropout)."""
     return LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, bias="none",
                       target_modules=list(ATTENTION_PROJECTIONS), init_lora_weights=True)
+
+
+def floor_gate(gate: torch.Tensor, floor: float) -> torch.Tensor:
+    """gate where gate >= floor, else 0, per example: (B,) -> (B,). A gate that leans closed shuts: a fused block
+    then returns its input exactly, so a misrouted VL-only question keeps the base answer. The gradient still flows
+    through the gates that stay open."""
+    return gate if floor <= 0 else gate * (gate >= floor).to(gate.dtype)
 
 
 def is_frozen_base_weight(name: str) -> bool:

@@ -24,7 +24,7 @@ from torch import nn
 
 from safe.io import atomic_write
 from safe.models.base_vl import BaseVLModel, VLBatch
-from safe.models.fusion_adapter import ADAPTER_NAME, CrossAttentionBlock, is_frozen_base_weight, lora_config
+from safe.models.fusion_adapter import ADAPTER_NAME, CrossAttentionBlock, floor_gate, is_frozen_base_weight, lora_config
 from safe.models.projectors import AudioProjector
 
 TRAINABLE_FILE = "safe_trainable.safetensors"
@@ -32,6 +32,7 @@ CONFIG_FILE = "safe_config.json"
 LORA_DIR = "fusion_lora"
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 FUSION_INITS = ("random", "host")
+GATE_READS = ("first", "fused")
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,20 @@ class SAFEArchitecture:
     projector_hidden: int = 256
     fusion_init: str = "random"
     """Frozen q/k/v of each fusion block: `random` (seeded) or `host` (the decoder layer's own attention weights)."""
+    gate_floor: float = 0.0
+    """Learned gates below it act as 0 (`floor_gate`); 0: every gate acts as it is."""
+    gate_reads: str = "first"
+    """Which hidden states each block's gate reads the question from: `first`, the first fusion layer's, which no
+    clip has reached yet, so the question alone decides every gate; `fused`, its own layer's, where earlier blocks'
+    audio can open it (bundles saved before this field existed)."""
 
     def __post_init__(self) -> None:
         if self.fusion_init not in FUSION_INITS:
             raise ValueError(f"fusion_init must be one of {FUSION_INITS}, got {self.fusion_init!r}")
+        if self.gate_reads not in GATE_READS:
+            raise ValueError(f"gate_reads must be one of {GATE_READS}, got {self.gate_reads!r}")
+        if not 0.0 <= self.gate_floor < 1.0:
+            raise ValueError(f"gate_floor must be in [0, 1), got {self.gate_floor}")
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
@@ -58,7 +69,8 @@ class SAFEArchitecture:
     def from_config(cls, cfg, audio_embed_dim: int) -> "SAFEArchitecture":
         """From a `safe.config.ModelConfig`."""
         return cls(audio_embed_dim, tuple(cfg.token_budgets), tuple(cfg.fusion_layers), cfg.fusion_heads,
-                   cfg.lora_rank, cfg.projector_hidden, cfg.fusion_init)
+                   cfg.lora_rank, cfg.projector_hidden, cfg.fusion_init, cfg.fusion_gate_floor,
+                   cfg.fusion_gate_reads)
 
     @classmethod
     def from_json(cls, data: dict) -> "SAFEArchitecture":
@@ -66,6 +78,8 @@ class SAFEArchitecture:
         data["token_budgets"] = tuple(data["token_budgets"])
         data["fusion_layers"] = tuple(data["fusion_layers"])
         data.setdefault("fusion_init", "random")
+        data.setdefault("gate_floor", 0.0)
+        data.setdefault("gate_reads", "fused")  # how bundles saved before the field was added were trained
         return cls(**data)
 
 
@@ -77,6 +91,7 @@ class _FusionContext:
     text_mask: torch.Tensor  # (B, T_prompt) bool: the prompt's text tokens (no padding, image or answer tokens)
     questions: dict[str, torch.Tensor] = field(default_factory=dict)  # block -> (B, D) summary of the prompt
     gates: dict[str, torch.Tensor] = field(default_factory=dict)  # block -> (B,) learned gate of the last pass
+    first: torch.Tensor | None = None  # (B, T_prompt, D) the first fusion layer's prompt states, before any audio
 
     def question(self, key: str, block: CrossAttentionBlock, hidden: torch.Tensor) -> torch.Tensor:
         """The block's question summary (B, D): computed from the pass that holds the whole prompt (a training
@@ -131,12 +146,23 @@ class SAFEModel(nn.Module):
             raw = output[0] if isinstance(output, tuple) else output  # (B, T, D)
             block, hidden = self.fusion[key], raw.float()
             gate = ctx.gate
-            if gate is None:  # the learned gate, read from the question (kept for Stage A's gate loss)
-                gate = ctx.gates[key] = block.example_gate(ctx.question(key, block, hidden)).view(-1)  # (B,)
+            if gate is None:  # the learned gate, read from the question (kept unfloored for Stage A's gate loss)
+                gate = ctx.gates[key] = block.example_gate(ctx.question(key, block, self._gate_states(ctx, key, hidden))
+                                                           ).view(-1)  # (B,)
+                gate = floor_gate(gate, self.arch.gate_floor)
             fused = block(hidden, ctx.tokens.float(), ctx.mask, gate).to(raw.dtype)
             return (fused, *output[1:]) if isinstance(output, tuple) else fused
 
         return hook
+
+    def _gate_states(self, ctx: _FusionContext, key: str, hidden: torch.Tensor) -> torch.Tensor:
+        """The hidden states (B, T, D) block `key`'s gate reads the question from (`SAFEArchitecture.gate_reads`).
+        Only a pass holding the whole prompt reads them; generation's later steps reuse the prompt's gate."""
+        if self.arch.gate_reads == "fused" or hidden.shape[1] < ctx.text_mask.shape[1]:
+            return hidden
+        if key == f"layer_{self.fusion_layer_ids[0]}":  # the base's states: no block has run yet
+            ctx.first = hidden
+        return ctx.first
 
     @contextlib.contextmanager
     def _fused(self, ctx: _FusionContext | None) -> Iterator[None]:

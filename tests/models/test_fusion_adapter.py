@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from safe.models.fusion_adapter import CrossAttentionBlock
+from safe.models.fusion_adapter import CrossAttentionBlock, floor_gate
 
 
 def test_fresh_block_returns_input_unchanged():
@@ -105,3 +105,12 @@ def test_gate_reads_the_questions_most_audio_like_word_however_long_the_sentence
 
     assert gate(2) == pytest.approx(gate(12), abs=1e-3)
     assert gate(12) > 0.9 and gate(12, with_word=False) < gate(12) - 0.3
+
+
+def test_floor_gate_shuts_low_gates_and_keeps_the_gradient_of_open_ones():
+    gate = torch.tensor([0.2, 0.5, 0.9], requires_grad=True)
+    floored = floor_gate(gate, 0.5)
+    assert torch.equal(floored, torch.tensor([0.0, 0.5, 0.9]))
+    floored.sum().backward()
+    assert gate.grad.tolist() == [0.0, 1.0, 1.0]
+    assert floor_gate(gate, 0.0) is gate

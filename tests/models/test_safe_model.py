@@ -164,9 +164,13 @@ def test_gates_read_the_prompt_only(model, tiny_base, tiny_batch):
     assert model(tiny_batch, 12, audio_features=feats, gate=1.0, return_gates=True)[1] is None  # forced gate
 
 
-def test_generation_reuses_the_prompt_gate(model, tiny_base):
+@pytest.mark.parametrize("reads", ["first", "fused"])
+def test_generation_reuses_the_prompt_gate(tiny_base, reads):
     """Generation's later steps see one new token each; the gate they use is the prompt's (first step's) gate, so
-    greedy answers equal those from full forwards over prompt + answer-so-far."""
+    greedy answers equal those from full forwards over prompt + answer-so-far, wherever the gate reads."""
+    torch.manual_seed(0)
+    model = SAFEModel(tiny_base, SAFEArchitecture(audio_embed_dim=16, projector_hidden=32, fusion_layers=(0, 1),
+                                                  gate_reads=reads))
     perturb(model)
     perturb_gates(model)
     feats = torch.randn(1, 16)
@@ -186,6 +190,43 @@ def test_generation_reuses_the_prompt_gate(model, tiny_base):
         tokens = torch.cat([tokens, nxt], dim=1)
     expected = tiny_base.tokenizer.decode(tokens[0, prompt.input_ids.shape[1]:], skip_special_tokens=True).strip()
     assert generated == expected
+
+
+def two_block_model(tiny_base, **arch):
+    torch.manual_seed(0)
+    model = SAFEModel(tiny_base, SAFEArchitecture(audio_embed_dim=16, projector_hidden=32, fusion_layers=(0, 1), **arch))
+    perturb(model)
+    perturb_gates(model)
+    return model
+
+
+def test_gates_read_the_question_not_the_clip(tiny_base, tiny_batch):
+    """Read from each layer's fused states (`fused`), the second block's gate sees the audio the first block added,
+    so the clip moves it; read from the first fusion layer's states (`first`), no clip can."""
+    clips = torch.randn(2, 3, 16)
+    model = two_block_model(tiny_base, gate_reads="first")
+    gates = [model(tiny_batch, 12, audio_features=clip, return_gates=True)[1] for clip in clips]  # 2 x (3, 2)
+    torch.testing.assert_close(gates[0], gates[1])
+    model = two_block_model(tiny_base, gate_reads="fused")
+    gates = [model(tiny_batch, 12, audio_features=clip, return_gates=True)[1] for clip in clips]
+    torch.testing.assert_close(gates[0][:, 0], gates[1][:, 0])  # the first block reads states without audio
+    assert not torch.allclose(gates[0][:, 1], gates[1][:, 1])
+
+
+def test_gates_below_the_floor_leave_the_base_answer_exactly(tiny_base, tiny_batch):
+    model = two_block_model(tiny_base, gate_floor=0.5)
+    with torch.no_grad():
+        for block in model.fusion.values():
+            block.gate_proj.weight.zero_()
+            block.gate_logit.fill_(-1.0)  # every gate sigmoid(-1) = 0.27
+    feats = torch.randn(3, 16)
+    logits, gates = model(tiny_batch, 12, audio_features=feats, return_gates=True)
+    assert torch.equal(logits, tiny_base(tiny_batch))
+    torch.testing.assert_close(gates, torch.full_like(gates, torch.sigmoid(torch.tensor(-1.0)).item()))  # unfloored
+    with torch.no_grad():
+        for block in model.fusion.values():
+            block.gate_logit.fill_(1.0)  # 0.73: above the floor
+    assert not torch.equal(model(tiny_batch, 12, audio_features=feats), tiny_base(tiny_batch))
 
 
 def perturb_projector(model):
