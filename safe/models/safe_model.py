@@ -131,6 +131,7 @@ class SAFEModel(nn.Module):
         })
         self.fusion.peft_config = {ADAPTER_NAME: lora_config(arch.lora_rank)}  # peft's state-dict helpers read it
         self._context: _FusionContext | None = None
+        self._floor_on = True
         for i in self.fusion_layer_ids:
             base.decoder_layers[i].register_forward_hook(self._make_hook(f"layer_{i}"))
         # Trainable parts stay float32 whatever the base dtype; the hook casts at the boundary.
@@ -149,7 +150,7 @@ class SAFEModel(nn.Module):
             if gate is None:  # the learned gate, read from the question (kept unfloored for Stage A's gate loss)
                 gate = ctx.gates[key] = block.example_gate(ctx.question(key, block, self._gate_states(ctx, key, hidden))
                                                            ).view(-1)  # (B,)
-                gate = floor_gate(gate, self.arch.gate_floor)
+                gate = floor_gate(gate, self.arch.gate_floor if self._floor_on else 0.0)
             fused = block(hidden, ctx.tokens.float(), ctx.mask, gate).to(raw.dtype)
             return (fused, *output[1:]) if isinstance(output, tuple) else fused
 
@@ -163,6 +164,16 @@ class SAFEModel(nn.Module):
         if key == f"layer_{self.fusion_layer_ids[0]}":  # the base's states: no block has run yet
             ctx.first = hidden
         return ctx.first
+
+    @contextlib.contextmanager
+    def gates_unfloored(self) -> Iterator[None]:
+        """Every learned gate acts as it is, below the floor too: what the adapter would do to an answer whose gate
+        opened. Stage A's Fisher is read this way; with the floor, a shut VL-only row has no gradient at all."""
+        self._floor_on = False
+        try:
+            yield
+        finally:
+            self._floor_on = True
 
     @contextlib.contextmanager
     def _fused(self, ctx: _FusionContext | None) -> Iterator[None]:

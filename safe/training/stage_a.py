@@ -179,7 +179,8 @@ class StageATrainer:
         batch = batch.to(self.accelerator.device)
         feats, budgets = self._audio_plan(batch, batch_index=-1, every_vl_row=True)
         budgets = torch.where(budgets > 0, torch.full_like(budgets, max(self.nonzero_budgets)), budgets)
-        logits = self.model(batch.vl, budgets, audio_features=feats)
+        with self.model.gates_unfloored():  # the floor would shut most VL rows and leave the Fisher all zero
+            logits = self.model(batch.vl, budgets, audio_features=feats)
         labels = batch.vl.labels.masked_fill(batch.needs_audio.unsqueeze(1), -100)
         return answer_loss(logits, labels, self._global_count(answer_positions(labels)))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -12,10 +14,10 @@ from safe.models.safe_model import SAFEArchitecture, SAFEModel
 from safe.training.stage_a import StageATrainer
 
 
-def make_trainer(tiny_base, bench, steps, tmp_path=None, callbacks=None, **overrides):
+def make_trainer(tiny_base, bench, steps, tmp_path=None, callbacks=None, gate_floor=0.0, **overrides):
     manifest, store = bench
     torch.manual_seed(0)
-    model = SAFEModel(tiny_base, SAFEArchitecture(audio_embed_dim=16, projector_hidden=32))
+    model = SAFEModel(tiny_base, SAFEArchitecture(audio_embed_dim=16, projector_hidden=32, gate_floor=gate_floor))
     train = ManifestDataset(manifest, "train", features=store)
     val = ManifestDataset(manifest, "val", features=store)
     cfg = StageAConfig(**{"steps": steps, "batch_size": 8, "eval_every": 5, "fisher_batches": 1,
@@ -112,6 +114,27 @@ def test_fisher_sees_the_whole_adapter_after_warm_up_and_not_at_step_0(trained_b
     assert trainer.fisher_coverage >= 0.9, trainer.fisher_coverage
     assert all("fisher_coverage" in h for h in state.history if h["step"] > 0 and "retention_drop" in h)
     assert "fisher_coverage" not in state.history[0]
+
+
+def test_fisher_sees_the_adapter_behind_a_gate_floor(trained_base, bench):
+    """A floor above every gate shuts the adapter on every VL-only row, so their floored answers have no gradient
+    at all; the Fisher is read with the gates unfloored (what the adapter would do once a gate opens)."""
+    trainer = make_trainer(trained_base, bench, steps=1)
+    model = trainer.model
+    with torch.no_grad():  # as after training: the zero-initialised LoRA factors have moved
+        for name, param in model.fusion.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.01)
+    model.arch = dataclasses.replace(model.arch, gate_floor=0.99)
+    batch = next(iter(trainer.val_loader))
+    feats, budgets = trainer._validation_audio(batch)
+    with torch.no_grad():
+        _, gates = model(batch.vl, budgets, audio_features=feats, return_gates=True)
+        assert float(gates.max()) < 0.99
+        assert torch.equal(model(batch.vl, budgets, audio_features=feats), model(batch.vl, 0))  # shut: the base
+    trainer._fisher_batches = trainer._first_batches(1)
+    trainer._refresh_fisher()
+    assert trainer.fisher_coverage >= 0.9, trainer.fisher_coverage
 
 
 def test_retention_check_fuses_a_clip_into_every_vl_question(trained_base, bench):
