@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from safe.environment import interpreter_first_path
+from safe.provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results_seeds.jsonl"
@@ -84,11 +84,6 @@ def run_seed(project: Path, seed: int, keep: bool, threads: int | None = None) -
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[5],
@@ -130,9 +125,7 @@ def main() -> None:
     passed = sum(r["decision"] == "champion" for r in runs)
     print(f"  seeds promoted (every criterion): {passed}/{len(runs)}; {wall / 60:.1f} min wall time "
           f"({args.jobs} side by side)")
-    record = {"commit": _git_commit(), "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()})",
-              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "profile": profile, "jobs": args.jobs,
-              "wall_seconds": round(wall, 1), "runs": runs}
+    record = {**provenance(ROOT), "profile": profile, "jobs": args.jobs, "wall_seconds": round(wall, 1), "runs": runs}
     with RESULTS.open("a") as fh:
         fh.write(json.dumps(record) + "\n")
     print(f"  appended to {RESULTS.relative_to(ROOT)}")

@@ -1,12 +1,14 @@
 """How much temporal detail each budget's features hold: a linear probe on the first k segment summaries.
 
-Renders clips with the synthetic generator's own functions (which of two sounds came first; how many beeps), encodes
+Renders clips with the synthetic generator's own functions (which of two sounds came first; how many beeps; and,
+for a family the generator does not have yet, which of 8 or 12 back-to-back sounds plays at one position), encodes
 them with the frozen encoder, and fits a multinomial logistic regression (seeded, full batch) on the training share of
 each view: the pooled vector, and the first 4 / 8 / 12 coarse-to-fine segment summaries (what budgets 4 / 8 / 12
 see). Prints held-out accuracy per task and view. This measures what the features carry, not what Stage A learns.
 
     python benchmarks/bench_segment_probe.py                     # whisper-tiny.en (offline wheel), 1200 clips a task
     python benchmarks/bench_segment_probe.py --encoder whisper-random:64x2 --clips 400
+    python benchmarks/bench_segment_probe.py --tasks seq8_pos3 seq12_pos5   # the n-th of k sounds
 """
 
 from __future__ import annotations
@@ -21,14 +23,27 @@ import torch
 
 from safe.data import synth
 from safe.models.audio_encoders import build_audio_encoder
+from safe.provenance import provenance
+
+
+TASKS = ("order", "beep_count", "seq8_pos3", "seq8_pos6", "seq12_pos5", "seq12_pos10")
+
+
+def num_classes(task: str) -> int:
+    return 4 if task == "beep_count" else len(synth.ORDER_SOUNDS)
 
 
 def clips(task: str, n: int, seed: int, n_samples: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """n clips of `task` and their labels (the first sound's index; the beep count minus one)."""
+    """n clips of `task` and their labels (the first sound's index; the beep count minus one; `seqK_posP`: the
+    index of the P-th of K sounds)."""
     waves, labels = [], []
     for i in range(n):
         rng = np.random.default_rng([seed, i])
-        if task == "order":
+        if task.startswith("seq"):
+            k, position = (int(v) for v in task[3:].split("_pos"))
+            wave, kinds = synth.sequence_clip(rng, k, n_samples)
+            label = int(kinds[position - 1])
+        elif task == "order":
             a, b = rng.choice(len(synth.ORDER_SOUNDS), size=2, replace=False)
             wave, _ = synth.order_clip(rng, synth.ORDER_SOUNDS[int(a)], synth.ORDER_SOUNDS[int(b)], n_samples)
             label = int(a)
@@ -64,13 +79,15 @@ def main() -> None:
     parser.add_argument("--encoder", default="whisper-tiny.en")
     parser.add_argument("--clips", type=int, default=1200, help="clips per task")
     parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--json", help="also write the table here")
     args = parser.parse_args()
     cache = Path(os.environ.get("SAFE_CACHE_DIR", ".safe_cache")) / "encoders"
     encoder = build_audio_encoder(args.encoder, cache_dir=cache)
     train = int(args.clips * 0.7)
     table = {}
-    for task, classes in (("order", len(synth.ORDER_SOUNDS)), ("beep_count", 4)):
+    for task in args.tasks:
+        classes = num_classes(task)
         waves, labels = clips(task, args.clips, seed=1, n_samples=int(args.seconds * synth.SR))
         pooled, segments = [], []
         for start in range(0, len(waves), 32):
@@ -83,7 +100,8 @@ def main() -> None:
         table[task] = {name: round(probe(x, y, train, classes), 4) for name, x in views.items()}
         print(f"{task:<11} n_test={args.clips - train:<5} " + "  ".join(f"{k} {v:.3f}" for k, v in table[task].items()))
     if args.json:
-        Path(args.json).write_text(json.dumps({"encoder": args.encoder, "clips": args.clips, "probe": table}, indent=2))
+        Path(args.json).write_text(json.dumps({"encoder": args.encoder, "clips": args.clips, "seconds": args.seconds,
+                                              "probe": table, **provenance()}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,6 @@ download. Prints one line per profile and writes benchmarks/results_trainable_fr
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -22,6 +19,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 from safe.config import build_config
 from safe.models.fusion_adapter import CrossAttentionBlock, is_frozen_base_weight
 from safe.models.projectors import AudioProjector
+from safe.provenance import provenance
 
 AUDIO_DIM = {"whisper-random:64x2": 64, "whisper-tiny.en": 384, "clap:laion/clap-htsat-unfused": 512}
 SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -67,9 +65,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['profile']:>6}: {r['trainable_params']:>12,} of {r['total_params']:>14,} parameters train "
               f"({100 * r['trainable_fraction']:.2f}%)")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    OUT.write_text(json.dumps({"rows": rows, "commit": commit, "machine": platform.node(),
-                               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=2) + "\n")
+    OUT.write_text(json.dumps({"rows": rows, **provenance()}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 
 from pipelines.common import EVAL, METRICS, config
 from safe.io import write_text_atomic
+from safe.provenance import machine, short_commit
 
 OUT = Path("docs/results.md")
 RUNS = Path("docs/runs")
@@ -49,16 +48,16 @@ def _fmt(value: Any) -> str:
 
 
 def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    commit = short_commit()
     # The run's own outputs (data/, dvc.lock, this file) are not code changes.
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!data", ":!dvc.lock",
                             ":!docs/results.md", ":!docs/runs"], capture_output=True, text=True)
     changed = sorted(line[3:] for line in dirty.stdout.splitlines() if line.strip())
     if not changed:
-        return out.stdout.strip() or "unknown"
+        return commit
     # A few edited files are named (switching profiles edits params.yaml); more are summarised.
     note = f"uncommitted: {', '.join(changed)}" if len(changed) <= 3 else "with uncommitted changes"
-    return f"{out.stdout.strip() or 'unknown'} ({note})"
+    return f"{commit} ({note})"
 
 
 def _read_json(path: Path) -> dict:
@@ -71,7 +70,7 @@ def this_run() -> dict:
     return {"metrics": _read_json(EVAL / "metrics.json"), "promotion": _read_json(EVAL / "promotion.json"),
             "base_vl": _read_json(METRICS / "base_vl.json"), "stage_a": _read_json(METRICS / "stage_a.json"),
             "accuracy_vs_budget": details.get("accuracy_vs_budget", {}),
-            "run": {"commit": _commit(), "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()})",
+            "run": {"commit": _commit(), "machine": machine(),
                     "evaluated": time.strftime("%Y-%m-%d %H:%M UTC",
                                                time.gmtime((EVAL / "metrics.json").stat().st_mtime))}}
 

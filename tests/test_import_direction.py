@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Bottom to top. A module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("safe", "safe.io", "safe.errors", "safe.environment", "safe.config", "safe.distributed")),
+    ("foundation", ("safe", "safe.io", "safe.errors", "safe.environment", "safe.provenance", "safe.config",
+                    "safe.distributed")),
     ("scoring", ("safe.eval.metrics",)),  # answer scoring, pure functions: training scores answers with it too
     ("models", ("safe.models",)),
     ("data", ("safe.data",)),

@@ -398,6 +398,20 @@ def order_clip(rng: np.random.Generator, first: str, second: str, n: int) -> tup
     return _finish(rng, wave), [start / SR, onset2 / SR]
 
 
+def sequence_clip(rng: np.random.Generator, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """k `ORDER_SOUNDS` back to back, one in each k-th of the clip (60-85% of its slot, at a random level) -> (wave,
+    (k,) sound indices). No family asks about it yet; `benchmarks/bench_segment_probe.py` measures what each budget's
+    features hold about the sound at one position (docs/EXPERIMENTS.md#sequence-probe)."""
+    slot = n // k
+    kinds = rng.integers(0, len(ORDER_SOUNDS), size=k)
+    wave = np.zeros(n, dtype=np.float32)
+    for i, kind in enumerate(kinds):
+        m = int(slot * rng.uniform(0.6, 0.85))
+        start = i * slot + int(rng.integers(0, slot - m + 1))
+        wave[start : start + m] = event_sound(rng, ORDER_SOUNDS[int(kind)], m) * rng.uniform(0.5, 1.0)
+    return _finish(rng, wave), kinds
+
+
 def silent_clip(rng: np.random.Generator, n: int) -> np.ndarray:
     """Near-silence: faint white noise around -70 dBFS (a few 16-bit LSBs)."""
     return (rng.standard_normal(n, dtype=np.float32) * 3e-4).astype(np.float32)

@@ -331,6 +331,16 @@ def test_order_clip_energy_follows_its_onsets():
         assert second_part.max() > 0.1 * rms.max()
 
 
+def test_sequence_clip_puts_one_audible_sound_in_each_slot():
+    """Every k-th of the clip holds sound: the n-th sound is where the n-th slot is, which is what the probe asks."""
+    for k in (8, 12):
+        rng = np.random.default_rng([k, 3])
+        wave, kinds = synth.sequence_clip(rng, k, 16000)
+        assert wave.shape == (16000,) and kinds.shape == (k,) and 0 <= kinds.min() and kinds.max() < 8
+        rms = np.sqrt((wave[: 16000 // k * k].reshape(k, -1) ** 2).mean(axis=1))
+        assert rms.min() > 0.2 * rms.max(), rms
+
+
 def test_order_generator_is_deterministic(tmp_path):
     sizes = {"train": 20, "val": 5, "test": 5}
     a = read_manifest(synth.generate_benchmark(tmp_path / "a", sizes, seed=5, speech=False, progress=False))

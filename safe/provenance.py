@@ -1,0 +1,29 @@
+"""Where a number was measured: the commit, the machine and the date that benchmarks and generated results carry."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+
+def short_commit(cwd: Path | None = None) -> str:
+    """`git rev-parse --short HEAD` in `cwd` (default: the working directory), or "unknown" outside a repository."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True)
+    except OSError:  # no git on this machine
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def machine() -> str:
+    """'host (N cores, arch)'."""
+    return f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()})"
+
+
+def provenance(cwd: Path | None = None) -> dict[str, str]:
+    """{"commit", "machine", "date" (UTC, ISO 8601)} for a benchmark's result file."""
+    return {"commit": short_commit(cwd), "machine": machine(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
