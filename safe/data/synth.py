@@ -400,8 +400,9 @@ def order_clip(rng: np.random.Generator, first: str, second: str, n: int) -> tup
 
 def sequence_clip(rng: np.random.Generator, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """k `ORDER_SOUNDS` back to back, one in each k-th of the clip (60-85% of its slot, at a random level) -> (wave,
-    (k,) sound indices). No family asks about it yet; `benchmarks/bench_segment_probe.py` measures what each budget's
-    features hold about the sound at one position (docs/EXPERIMENTS.md#sequence-probe)."""
+    (k,) sound indices). `benchmarks/bench_segment_probe.py` measures what each budget's features hold about the
+    sound at one position (docs/EXPERIMENTS.md#sequence-probe); as a demo family it was not learned
+    (docs/EXPERIMENTS.md#sequence-family)."""
     slot = n // k
     kinds = rng.integers(0, len(ORDER_SOUNDS), size=k)
     wave = np.zeros(n, dtype=np.float32)
