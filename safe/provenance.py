@@ -9,13 +9,20 @@ import time
 from pathlib import Path
 
 
-def short_commit(cwd: Path | None = None) -> str:
-    """`git rev-parse --short HEAD` in `cwd` (default: the working directory), or "unknown" outside a repository."""
+def git_commit(cwd: Path | None = None, short: bool = False) -> str:
+    """`git rev-parse [--short] HEAD` in `cwd` (default: the working directory), or "unknown" (no git, not a
+    repository, no commit yet)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True)
-    except OSError:  # no git on this machine
+        out = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], cwd=cwd,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return out.stdout.strip() or "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def short_commit(cwd: Path | None = None) -> str:
+    """The abbreviated commit benchmarks and results.md print."""
+    return git_commit(cwd, short=True)
 
 
 def machine() -> str:

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from safe import provenance
 from safe.environment import set_environment
 
 set_environment()
@@ -128,13 +128,8 @@ def experiment_id(mlf: MlflowClient) -> str:
 
 
 def git_commit(project: Path | None = None) -> str:
-    """`git rev-parse HEAD` of the project, or "unknown" (no git, no commit yet)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project or project_dir(), capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    """The project's full commit hash, or "unknown" (no git, no commit yet)."""
+    return provenance.git_commit(project or project_dir())
 
 
 def execution_id(project: Path | None = None) -> str:
