@@ -80,9 +80,9 @@ def stage_module(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> str:
     return words[words.index("-m") + 1]
 
 
-NOT_OUTPUT_CODE = {"safe/tracking.py", "pipelines/code_deps.py"}
-"""Imported by every stage to record runs in MLflow or to key checkpoints; they change no stage output, so they are no
-DVC deps (promote, whose output is the registration, lists tracking.py)."""
+NOT_OUTPUT_CODE = {"safe/tracking.py", "safe/provenance.py", "pipelines/code_deps.py"}
+"""Imported by every stage to record runs in MLflow (with their commit and machine) or to key checkpoints; they change
+no stage output, so they are no DVC deps (promote, whose output is the registration, lists tracking and provenance)."""
 
 
 def _is_inert(path: Path) -> bool:
