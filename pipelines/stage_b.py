@@ -25,7 +25,7 @@ from safe.io import atomic_dir, write_json_atomic
 from safe.models.policy import AudioPolicyNetwork, save_policy
 from safe.training.rollout import rollout
 from safe.training.stage_b import (
-    BudgetCosts, StageBTrainer, TimingExample, bandit_tables, evaluate_policy, fixed_policy_rewards,
+    BudgetCosts, StageBTrainer, TimingExample, bandit_tables, bandit_train_records, evaluate_policy, fixed_policy_rewards,
     measure_budget_costs, mix_weights, reward_config_from,
 )
 
@@ -77,7 +77,10 @@ def main() -> None:
         collate = LlavaCollator(model.base, store.embed_dim, with_answers=False)
         tables = {}
         for split in ("train", "val"):
-            loader = DataLoader(ManifestDataset(manifest, split, features=store), batch_size=64, collate_fn=collate)
+            records = manifest.by_split(split)
+            records = bandit_train_records(records) if split == "train" else records
+            loader = DataLoader(ManifestDataset(manifest, features=store, records=records), batch_size=64,
+                                collate_fn=collate)
             tables[split] = rollout(model, loader, cfg.evaluate.max_new_tokens, desc=f"outcomes[{split}]").table()
         fit, select = bandit_tables(tables["train"], tables["val"])  # rows the frozen models never trained on
         torch.manual_seed(cfg.stage_b.seed)  # the policy's initial weights: the same every run (as in the seeds bench)

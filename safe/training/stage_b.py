@@ -68,6 +68,12 @@ def bandit_tables(train: OutcomeTable, val: OutcomeTable, holdout_every: int = 3
     return OutcomeTable.concat([train.subset(train.needs_audio), val.subset(~held)]), val.subset(held)
 
 
+def bandit_train_records(records: Sequence[Any]) -> list[Any]:
+    """The training records whose outcomes `bandit_tables` keeps (those that need audio), so Stage B rolls out only
+    them: the VL-only training rows it would drop are about half the training split, each generated at every budget."""
+    return [r for r in records if r.needs_audio]
+
+
 def mix_weights(table: OutcomeTable, reference: OutcomeTable) -> np.ndarray:
     """Sampling weight per row of `table` (N,) so that its mix of (needs_audio, has_audio) groups matches
     `reference`'s (the deployment mix, e.g. the held-out validation rows); weights average 1 over the table.

@@ -1,4 +1,5 @@
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from safe.config import StageBConfig
 from safe.models.policy import AudioPolicyNetwork
 from safe.rl.reward import OutcomeTable
 from safe.training.stage_b import (
-    StageBTrainer, bandit_tables, evaluate_policy, fixed_policy_rewards, reward_config_from,
+    StageBTrainer, bandit_tables, bandit_train_records, evaluate_policy, fixed_policy_rewards, reward_config_from,
 )
 
 LOGGED = {"reward", "score", "latency_cost", "irrelevance", "lagrange", "entropy", "policy_loss", "vl_drop"}
@@ -131,6 +132,13 @@ def test_bandit_fits_only_rows_the_frozen_models_never_trained_on():
     assert np.array_equal(again_select.ids, select.ids) and np.array_equal(again_fit.states, fit.states)
     with pytest.raises(ValueError, match="ids"):
         bandit_tables(train, OutcomeTable(val.states, val.scores, val.changed, val.needs_audio, val.has_audio))
+    # Stage B rolls out only the training rows bandit_tables keeps: the same fit and select tables
+    kept = [r for r, needs in zip(train.ids.tolist(), train.needs_audio) if needs]
+    records = [SimpleNamespace(id=i, needs_audio=bool(n)) for i, n in zip(train.ids.tolist(), train.needs_audio)]
+    assert [r.id for r in bandit_train_records(records)] == kept
+    short_fit, short_select = bandit_tables(train.subset(train.needs_audio), val)
+    assert np.array_equal(short_fit.ids, fit.ids) and np.array_equal(short_fit.scores, fit.scores)
+    assert np.array_equal(short_select.ids, select.ids)
 
 
 def test_concat_keeps_rows_in_order_and_rejects_other_budgets():
