@@ -25,8 +25,8 @@ from safe.io import atomic_dir, write_json_atomic
 from safe.models.policy import AudioPolicyNetwork, save_policy
 from safe.training.rollout import rollout
 from safe.training.stage_b import (
-    BudgetCosts, StageBTrainer, TimingExample, bandit_tables, bandit_train_records, evaluate_policy, fixed_policy_rewards,
-    measure_budget_costs, mix_weights, reward_config_from,
+    BudgetCosts, StageBTrainer, TimingExample, bandit_tables, bandit_train_records, evaluate_policy,
+    fixed_policy_rewards, measure_budget_costs, mix_weights, reward_config_from,
 )
 
 

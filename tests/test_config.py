@@ -87,7 +87,7 @@ PROFILE_DEFAULTS_WHEN_MOVED = {
         "stage_b": {"steps": 800},
     },
     "smol": {
-        "data": {"size": 4000, "image_size": 32},
+        "data": {"size": 4000, "image_size": 32, "test_size": 1200},  # docs/EXPERIMENTS.md#smol-gate-floor
         "model": {"language_model": "smollm2-135m-instruct", "language_model_trainable": "norms",
                   "audio_encoder": "whisper-tiny.en", "vision_hidden": 96, "vision_layers": 3, "vision_heads": 4,
                   "patch_size": 8, "fusion_layers": [-3, -2, -1], "lora_rank": 32,
