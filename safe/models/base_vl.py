@@ -410,12 +410,13 @@ class BaseVLModel(nn.Module):
         return self.prompts.encode(questions, images, answers, dtype=self.dtype)
 
     # -- inference -----------------------------------------------------------------------------------------------
-    def forward(self, batch: VLBatch) -> torch.Tensor:
-        """Logits (B, T, V) of the frozen base model (on its device, wherever `batch` is)."""
+    def forward(self, batch: VLBatch, logits_to_keep: int = 0) -> torch.Tensor:
+        """Logits (B, T, V) of the frozen base model (on its device, wherever `batch` is); with `logits_to_keep` n > 0,
+        only the last n positions' (B, n, V): the LM head is skipped where no loss reads it."""
         batch = batch.to(self.device)
         out = self.llava(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-            pixel_values=batch.pixel_values, use_cache=False,
+            pixel_values=batch.pixel_values, use_cache=False, logits_to_keep=logits_to_keep,
         )
         return out.logits
 

@@ -234,15 +234,16 @@ class SAFEModel(nn.Module):
         waveforms: Sequence[np.ndarray | None] | None = None,
         gate: float | torch.Tensor | None = None,
         return_gates: bool = False,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, V). `audio_features` are cached encoder outputs, (B, S, D_audio) segment summaries or
-        (B, D_audio) pooled (one segment repeated, `AudioProjector`); else `waveforms`.
-        With `return_gates`, also the learned gates (B, n_fusion_blocks) (None when no row has audio or the gate
-        is forced)."""
+        """Logits (B, T, V), or the last `logits_to_keep` positions' (B, n, V). `audio_features` are cached encoder
+        outputs, (B, S, D_audio) segment summaries or (B, D_audio) pooled (one segment repeated, `AudioProjector`);
+        else `waveforms`. With `return_gates`, also the learned gates (B, n_fusion_blocks) (None when no row has
+        audio or the gate is forced)."""
         b = self.check_budgets(budgets, batch.input_ids.shape[0])
         ctx = self._context_for(batch, b, audio_features, waveforms, gate)
         with self._fused(ctx):
-            logits = self.base(batch)
+            logits = self.base(batch, logits_to_keep)
         if not return_gates:
             return logits
         gates = torch.stack(list(ctx.gates.values()), dim=1) if ctx is not None and ctx.gates else None

@@ -23,7 +23,7 @@ from safe.data.media import load_image
 from safe.distributed import all_reduce_sum, make_accelerator
 from safe.eval.metrics import score
 from safe.io import atomic_dir
-from safe.training.losses import answer_loss, answer_positions
+from safe.training.losses import answer_loss, answer_positions, answer_window
 from safe.training.schedules import warmup_cosine
 from safe.models.base_vl import PromptEncoder, build_trainable_vl
 from safe.training.vision_pretrain import VisionPretrainReport, pretrain_vision_tower
@@ -165,11 +165,12 @@ def train_base_vl(
             batch = prompts.encode([p.question for p in pairs], [images[p.image_id] for p in pairs],
                                    [p.answer for p in pairs]).to(accelerator.device)
             with accelerator.accumulate(train_llava):
+                window = answer_window(batch.labels)
                 logits = train_llava(
                     input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                    pixel_values=batch.pixel_values,
-                ).logits  # (B_local, T, V)
-                loss = _global_mean_loss(logits, batch.labels, world)
+                    pixel_values=batch.pixel_values, logits_to_keep=window,
+                ).logits  # (B_local, window, V)
+                loss = _global_mean_loss(logits, batch.labels[:, -window:], world)
                 if cfg.question_lm_weight:
                     loss = loss + cfg.question_lm_weight * _question_lm_loss(
                         train_llava, prompts, [questions[i] for i in rng.integers(len(questions), size=len(pairs))],

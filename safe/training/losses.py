@@ -14,6 +14,16 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, 1:] != -100
 
 
+def answer_window(labels: torch.Tensor) -> int:
+    """How many trailing positions the answer losses read: from the one before the batch's earliest labelled token
+    to the end (left padding puts every answer last). Pass it as `logits_to_keep` and crop labels to
+    `labels[:, -n:]`: the LM head (a 49k vocabulary on smol) then runs on the answers alone, same losses."""
+    labelled = (labels != -100).any(0).nonzero()  # (n_labelled_columns, 1)
+    if len(labelled) == 0:
+        return labels.shape[1]
+    return labels.shape[1] - max(int(labelled[0]) - 1, 0)
+
+
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor, normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy over labelled answer tokens. logits (B, T, V), labels (B, T) with -100 elsewhere.
 

@@ -33,7 +33,7 @@ from safe.data.datasets import Batch
 from safe.distributed import all_gather_objects, all_reduce_sum, make_accelerator
 from safe.eval.metrics import score
 from safe.models.safe_model import SAFEModel
-from safe.training.losses import FisherPenalty, answer_loss, answer_positions, gate_loss, retention_kl
+from safe.training.losses import FisherPenalty, answer_loss, answer_positions, answer_window, gate_loss, retention_kl
 
 CHECKPOINT_FILE = "stage_a_last.pt"
 
@@ -141,13 +141,16 @@ class StageATrainer:
     def _loss(self, batch: Batch, batch_index: int) -> dict[str, torch.Tensor]:
         batch = batch.to(self.accelerator.device)
         feats, budgets = self._audio_plan(batch, batch_index)
-        # logits (B, T, V); gates (B, L): the learned gate of each fusion block
-        logits, gates = self.train_model(batch.vl, budgets, audio_features=feats, return_gates=True)
+        window = answer_window(batch.vl.labels)
+        labels = batch.vl.labels[:, -window:]  # (B, W): the answers' end of the batch
+        # logits (B, W, V); gates (B, L): the learned gate of each fusion block
+        logits, gates = self.train_model(batch.vl, budgets, audio_features=feats, return_gates=True,
+                                         logits_to_keep=window)
         with torch.no_grad():
-            teacher = self.model(batch.vl, 0)  # budget 0 == the frozen base, exactly
+            teacher = self.model(batch.vl, 0, logits_to_keep=window)  # budget 0 == the frozen base, exactly
         needs = batch.needs_audio.to(logits.device)
-        task_labels = batch.vl.labels.masked_fill(~needs.unsqueeze(1), -100)
-        vl_positions = answer_positions(batch.vl.labels) & (~needs).unsqueeze(1)
+        task_labels = labels.masked_fill(~needs.unsqueeze(1), -100)
+        vl_positions = answer_positions(labels) & (~needs).unsqueeze(1)
         # Sums over this share / global counts, times the process count because DDP averages the gradients.
         task = answer_loss(logits, task_labels, self._global_count(answer_positions(task_labels))) * self.world
         kl = retention_kl(logits, teacher, vl_positions, self._global_count(vl_positions)) * self.world
@@ -179,9 +182,11 @@ class StageATrainer:
         batch = batch.to(self.accelerator.device)
         feats, budgets = self._audio_plan(batch, batch_index=-1, every_vl_row=True)
         budgets = torch.where(budgets > 0, torch.full_like(budgets, max(self.nonzero_budgets)), budgets)
-        with self.model.gates_unfloored():  # the floor would shut most VL rows and leave the Fisher all zero
-            logits = self.model(batch.vl, budgets, audio_features=feats)
         labels = batch.vl.labels.masked_fill(batch.needs_audio.unsqueeze(1), -100)
+        window = answer_window(labels)
+        with self.model.gates_unfloored():  # the floor would shut most VL rows and leave the Fisher all zero
+            logits = self.model(batch.vl, budgets, audio_features=feats, logits_to_keep=window)  # (B, W, V)
+        labels = labels[:, -window:]
         return answer_loss(logits, labels, self._global_count(answer_positions(labels)))
 
     # -- evaluation ------------------------------------------------------------------------------------------------

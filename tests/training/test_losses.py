@@ -1,6 +1,7 @@
 import torch
 
-from safe.training.losses import FisherPenalty, answer_loss, answer_positions, retention_kl
+from safe.data.media import load_image
+from safe.training.losses import FisherPenalty, answer_loss, answer_positions, answer_window, retention_kl
 
 
 def test_kl_is_zero_when_student_equals_teacher():
@@ -59,3 +60,23 @@ def test_gate_loss_is_binary_cross_entropy_over_the_selected_rows():
     none = gate_loss(gates, needs, torch.zeros(3, dtype=torch.bool))
     none.backward()
     assert none.item() == 0.0 and gates.grad is not None
+
+
+def test_answer_window_gives_the_same_losses_from_the_answers_logits_alone(trained_base, bench):
+    """The training losses read the LM head at the answers' positions only (`logits_to_keep`); every other
+    position's logits are never computed, and the losses do not change."""
+    manifest, _ = bench
+    records = manifest.by_split("val")[:8]  # colour and beep-count questions: prompts of different lengths
+    images = [load_image(manifest.resolve(r.image)) for r in records]
+    batch = trained_base.encode([r.question for r in records], images, [r.answer for r in records])
+    full = trained_base(batch)  # (B, T, V)
+    window = answer_window(batch.labels)
+    kept = trained_base(batch, logits_to_keep=window)  # (B, W, V)
+    labels = batch.labels[:, -window:]
+    assert 2 < window < batch.labels.shape[1] and kept.shape == (len(records), window, full.shape[-1])
+    assert torch.allclose(answer_loss(kept, labels), answer_loss(full, batch.labels), atol=1e-5)
+    teacher = full + torch.randn_like(full)
+    kl_full = retention_kl(full, teacher, answer_positions(batch.labels))
+    assert kl_full > 0
+    assert torch.allclose(retention_kl(kept, teacher[:, -window:], answer_positions(labels)), kl_full, atol=1e-5)
+    assert answer_window(torch.full((2, 5), -100)) == 5  # nothing labelled: every position
