@@ -87,12 +87,13 @@ def _probe_answers(predictor, loader, store: FeatureStore, max_new_tokens: int, 
         swapped = torch.where(swapped_has.view(-1, 1, 1), swapped, distractor)  # (B, S, D)
         answers = {}
         silent_b = None if silent is None else silent.expand(B, -1, -1)  # (B, S, D)
+        vl = model.base.batch_rows(batch.vl, vl_rows)  # only VL-only questions are probed
         for name, feats in (("pred_distractor", distractor), ("pred_silent", silent_b), ("pred_swapped", swapped)):
             if feats is None:
                 continue
-            answers[name] = model.generate_answers(batch.vl, K, audio_features=feats, max_new_tokens=max_new_tokens)
-        for i in vl_rows.tolist():
-            out[batch.records[i].id] = {name: preds[i] for name, preds in answers.items()}
+            answers[name] = model.generate_answers(vl, K, audio_features=feats[vl_rows], max_new_tokens=max_new_tokens)
+        for j, i in enumerate(vl_rows.tolist()):
+            out[batch.records[i].id] = {name: preds[j] for name, preds in answers.items()}
     return out
 
 

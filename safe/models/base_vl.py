@@ -385,6 +385,19 @@ class BaseVLModel(nn.Module):
         """(B, T) bool: real text tokens (not padding, not image placeholders)."""
         return attention_mask.bool() & (input_ids != self.llava.config.image_token_id)
 
+    def batch_rows(self, batch: VLBatch, rows: torch.Tensor) -> VLBatch:
+        """The batch's `rows` (indices, ascending) as a batch of their own, padding unchanged: each row is the same
+        input, so it gets the same answer. `pixel_values` holds one image per row that has one, in row order."""
+        rows = rows.to(batch.input_ids.device)
+        pixel_values = batch.pixel_values
+        if pixel_values is not None:
+            has_image = (batch.input_ids == self.llava.config.image_token_id).any(1)  # (B,)
+            image_of_row = has_image.long().cumsum(0) - 1  # (B,): the row's index into pixel_values
+            keep = rows[has_image[rows]]
+            pixel_values = pixel_values[image_of_row[keep].to(pixel_values.device)] if len(keep) else None
+        labels = None if batch.labels is None else batch.labels[rows]
+        return VLBatch(batch.input_ids[rows], batch.attention_mask[rows], pixel_values, labels)
+
     def prompt_text_mask(self, batch: VLBatch) -> torch.Tensor:
         """(B, T) bool on the model's device: the prompt's text tokens, without padding, image placeholders and
         the labelled answer tokens a training batch appends."""

@@ -49,6 +49,25 @@ def batch_states(base: BaseVLModel, batch: Batch, first_logits: torch.Tensor) ->
 
 
 @torch.no_grad()
+def _answers_with_audio(model: SAFEModel, batch: Batch, budget: int, base_answers: list[str],
+                        max_new_tokens: int) -> list[str]:
+    """Each row's answer at `budget` with its own clip. A row without a clip stays at budget 0, whose answer is
+    the base's exactly, so only the rows with a clip are generated."""
+    rows = batch.has_audio.nonzero().flatten()  # (R,)
+    if len(rows) == 0:
+        return list(base_answers)
+    if len(rows) == len(base_answers):
+        return model.generate_answers(batch.vl, budget, audio_features=batch.audio_features,
+                                      max_new_tokens=max_new_tokens)
+    fused = model.generate_answers(model.base.batch_rows(batch.vl, rows), budget,
+                                   audio_features=batch.audio_features[rows], max_new_tokens=max_new_tokens)
+    answers = list(base_answers)
+    for answer, i in zip(fused, rows.tolist()):
+        answers[i] = answer
+    return answers
+
+
+@torch.no_grad()
 def rollout(
     model: SAFEModel, batches: Iterable[Batch], max_new_tokens: int = 4, progress: bool = True, desc: str = "rollout",
 ) -> Rollout:
@@ -59,9 +78,7 @@ def rollout(
                                                             return_first_logits=True)
         columns = [base_answers]
         for b in budgets[1:]:
-            per_row = (batch.has_audio.long() * b)  # rows without audio stay at budget 0 (= base answer)
-            columns.append(model.generate_answers(batch.vl, per_row, audio_features=batch.audio_features,
-                                                  max_new_tokens=max_new_tokens))
+            columns.append(_answers_with_audio(model, batch, b, base_answers, max_new_tokens))
         states.append(batch_states(model.base, batch, first_logits).cpu().numpy())
         for i, record in enumerate(batch.records):
             row = [col[i] for col in columns]

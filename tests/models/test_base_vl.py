@@ -35,6 +35,19 @@ def test_logits_and_generation(tiny_base, tiny_batch):
     assert len(answers) == 1 and first.shape == (1, len(tiny_base.tokenizer))
 
 
+def test_batch_rows_keep_each_rows_logits_and_its_own_image(tiny_base, tiny_batch):
+    """Row 1 has no image, rows 0 and 2 do: a sub-batch must hand each row its own image (or none)."""
+    full = tiny_base(tiny_batch)  # (3, T, V)
+    for rows in ([2], [1, 2], [0, 2], [1]):
+        sub = tiny_base.batch_rows(tiny_batch, torch.tensor(rows))
+        n_images = sum(r != 1 for r in rows)
+        assert (sub.pixel_values is None) == (n_images == 0)
+        if n_images:
+            assert sub.pixel_values.shape[0] == n_images
+        assert torch.equal(sub.labels, tiny_batch.labels[rows])
+        assert torch.allclose(tiny_base(sub), full[rows], atol=1e-5), rows
+
+
 def test_answer_logprobs_are_negative_sums(tiny_base, tiny_batch):
     lp = tiny_base.answer_logprobs(tiny_base(tiny_batch), tiny_batch.labels)
     assert lp.shape == (3,) and (lp < 0).all()
