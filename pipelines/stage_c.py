@@ -12,7 +12,7 @@ from safe.models.budget_gate import gate_actions_on, save_gate
 from safe.models.policy import load_policy
 from safe.rl.reward import OutcomeTable, evaluate_actions
 from safe.training.stage_b import mix_weights, reward_config_from
-from safe.training.stage_c import distill_gate
+from safe.training.stage_c import distill_gate, threshold_for_skip_band
 
 
 def main() -> None:
@@ -23,13 +23,19 @@ def main() -> None:
         val = OutcomeTable.load(STAGE_B / "outcomes_val.npz")
         gate, report = distill_gate(policy, train.states, cfg.stage_c, action_mask=train.action_mask(), logger=tracker,
                                     row_weights=mix_weights(train, val))  # the mix Stage B trained in
+        band = threshold_for_skip_band(gate, val.states, val.action_mask(), val.has_audio, cfg.stage_c.skip_rate_low,
+                                       cfg.stage_c.skip_rate_high)
+        gate.audio_threshold = band["threshold"]
+        report.update({"audio_threshold": band["threshold"], "val_skip_rate_with_audio": band["skip_rate_after"],
+                       "val_skip_rate_with_audio_before": band["skip_rate_before"]})
         # Scored with the latency costs Stage B measured and trained with (budget_costs.json), not budget / max.
         costs = json.loads((STAGE_B / "budget_costs.json").read_text())["budget_costs"]
         reward_cfg = reward_config_from(cfg.stage_b, [costs[str(b)] for b in cfg.model.token_budgets])
         deployed = evaluate_actions(val, gate_actions_on(gate, val.states, val.action_mask()), reward_cfg)
         metrics = {**report, **{f"val_{k}": v for k, v in deployed.items()}}
         print(f"stage_c: gate/policy agreement train={report['agreement_train']:.3f} "
-              f"heldout={report['agreement_heldout']:.3f}; val skip_rate={deployed['skip_rate']:.3f}")
+              f"heldout={report['agreement_heldout']:.3f}; audio threshold {band['threshold']:.3f}: val skip rate "
+              f"over examples with a clip {band['skip_rate_before']:.3f} -> {band['skip_rate_after']:.3f}")
         gate_dir = STAGE_B.parent / ".gate.tmp"
         shutil.rmtree(gate_dir, ignore_errors=True)
         save_gate(gate, gate_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -90,3 +91,31 @@ def distill_gate(policy: AudioPolicyNetwork, states: Any, config: Any, action_ma
         "skip_rate_gate": float((gate_idx == 0).float().mean()),
     }
     return gate, report
+
+
+@torch.no_grad()
+def threshold_for_skip_band(gate: BudgetGate, states: Any, action_mask: Any, has_audio: Any, low: float,
+                            high: float) -> dict[str, float]:
+    """The audio threshold nearest the gate's own whose skip rate over the rows with a clip (validation rows:
+    choose on validation) lies in [low, high]; the gate's own when it already does.
+
+    Stage B maximises reward and nothing else holds its operating point inside the skip-rate band the promotion
+    gate checks; the threshold moves it without retraining. Raising it skips the rows the gate is least sure need
+    audio. Returns threshold, skip_rate_before, skip_rate_after (over rows with a clip) and n."""
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"skip-rate band must satisfy 0 <= low <= high <= 1, got [{low}, {high}]")
+    rows = torch.as_tensor(np.asarray(has_audio, dtype=bool))
+    p = gate.audio_probability(states, action_mask).cpu()[rows]  # (N_audio,) P(budget > 0)
+    own = float(gate.audio_threshold)
+    skip = lambda t: float(((p < t) | (p <= 0)).float().mean()) if len(p) else 0.0  # noqa: E731
+    before = skip(own)
+    best = own
+    if len(p) and not low <= before <= high:
+        # Every distinct skip rate is reached at one of the observed probabilities (or above them all).
+        candidates = sorted({*p.tolist(), 1.0, own})
+        inside = [t for t in candidates if low <= skip(t) <= high]
+        if inside:
+            best = min(inside, key=lambda t: abs(t - own))
+        else:  # ties leave no threshold inside: the one whose skip rate is nearest the band
+            best = min(candidates, key=lambda t: (max(low - skip(t), skip(t) - high), abs(t - own)))
+    return {"threshold": best, "skip_rate_before": before, "skip_rate_after": skip(best), "n": float(len(p))}

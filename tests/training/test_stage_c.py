@@ -10,7 +10,7 @@ from safe.models.policy import AudioPolicyNetwork
 from safe.rl.reward import evaluate_actions
 from safe.training.stage_b import StageBTrainer, evaluate_policy, reward_config_from
 from safe.models.budget_gate import BudgetGate, gate_actions_on, load_gate, save_gate
-from safe.training.stage_c import distill_gate
+from safe.training.stage_c import distill_gate, threshold_for_skip_band
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +125,25 @@ def test_row_weights_decide_which_rows_the_gate_imitates(policy_and_tables):
     assert skewed["skip_rate_gate"] < no_audio + 0.05 < plain["skip_rate_gate"]
     with pytest.raises(ValueError, match="row_weights"):
         distill_gate(policy, train.states, cfg, action_mask=mask, row_weights=np.ones(3))
+
+
+def test_skip_band_moves_the_threshold_to_the_nearest_one_inside_and_only_when_outside(policy_and_tables):
+    policy, train, test = policy_and_tables
+    gate, _ = distill_gate(policy, train.states, StageCConfig(epochs=100, seed=0), action_mask=train.action_mask())
+    mask, has = test.action_mask(), test.has_audio
+    p = gate.audio_probability(test.states, mask).numpy()[has]
+    skip = lambda t: float(((p < t) | (p <= 0)).mean())  # noqa: E731
+    own = skip(gate.audio_threshold)
+    kept = threshold_for_skip_band(gate, test.states, mask, has, max(own - 0.05, 0.0), min(own + 0.05, 1.0))
+    assert kept["threshold"] == gate.audio_threshold and kept["skip_rate_after"] == pytest.approx(own)
+    for low, high in ((min(own + 0.15, 0.95), 1.0), (0.0, max(own - 0.15, 0.05))):
+        band = threshold_for_skip_band(gate, test.states, mask, has, low, high)
+        assert band["skip_rate_before"] == pytest.approx(own) and band["n"] == has.sum()
+        assert low - 1e-6 <= band["skip_rate_after"] <= high + 1e-6
+        assert band["skip_rate_after"] == pytest.approx(skip(band["threshold"]))
+        # nearest: no observed probability strictly between the gate's own threshold and the chosen one is inside
+        between = [t for t in p if min(gate.audio_threshold, band["threshold"]) < t < max(gate.audio_threshold,
+                                                                                             band["threshold"])]
+        assert not any(low <= skip(t) <= high for t in between)
+    with pytest.raises(ValueError, match="skip-rate band"):
+        threshold_for_skip_band(gate, test.states, mask, has, 0.7, 0.3)
