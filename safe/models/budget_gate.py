@@ -50,7 +50,7 @@ class BudgetGate(BudgetClassifier):
         threshold = self.audio_threshold if audio_threshold is None else check_audio_threshold(audio_threshold)
         audio = self.action_probs(states, action_mask)[:, 1:]  # (B, A-1); column 0 is budget 0
         p_audio, best = audio.sum(dim=-1), audio.argmax(dim=-1) + 1  # (B,), (B,)
-        consult = (p_audio >= threshold) & (p_audio > 0)  # (B,) never audio the mask forbids
+        consult = consults_audio(p_audio, threshold)  # (B,)
         return torch.where(consult, best, torch.zeros_like(best)), p_audio, best
 
     @torch.no_grad()
@@ -80,6 +80,12 @@ class BudgetGate(BudgetClassifier):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "audio_threshold": self.audio_threshold}
+
+
+def consults_audio(p_audio: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The gate's decision rule on P(budget > 0): audio where it reaches `threshold`, never where the mask forbids it
+    (p = 0)."""
+    return (p_audio >= threshold) & (p_audio > 0)
 
 
 def check_audio_threshold(value: float) -> float:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from safe.models.budget_gate import BudgetGate
+from safe.models.budget_gate import BudgetGate, consults_audio
 from safe.models.policy import AudioPolicyNetwork, as_action_mask, as_state_tensor
 from safe.training.stage_b import MetricsLogger, check_row_weights
 
@@ -107,7 +107,7 @@ def threshold_for_skip_band(gate: BudgetGate, states: Any, action_mask: Any, has
     rows = torch.as_tensor(np.asarray(has_audio, dtype=bool))
     p = gate.audio_probability(states, action_mask).cpu()[rows]  # (N_audio,) P(budget > 0)
     own = float(gate.audio_threshold)
-    skip = lambda t: float(((p < t) | (p <= 0)).float().mean()) if len(p) else 0.0  # noqa: E731
+    skip = lambda t: float((~consults_audio(p, t)).float().mean()) if len(p) else 0.0  # noqa: E731
     before = skip(own)
     best = own
     if len(p) and not low <= before <= high:
