@@ -18,7 +18,7 @@ from safe.data.datasets import LlavaCollator, ManifestDataset
 from safe.data.features import FeatureStore
 from safe.data.manifest import read_manifest
 from safe.data.media import MediaError, load_audio, load_image
-from safe.distributed import process_state
+from safe.distributed import inference_autocast, process_state
 from safe.eval.plots import plot_stage_b_rewards
 from safe.inference import load_safe_model
 from safe.io import atomic_dir, write_json_atomic
@@ -76,12 +76,13 @@ def main() -> None:
         reward_cfg = reward_config_from(cfg.stage_b, costs.costs)
         collate = LlavaCollator(model.base, store.embed_dim, with_answers=False)
         tables = {}
-        for split in ("train", "val"):
-            records = manifest.by_split(split)
-            records = bandit_train_records(records) if split == "train" else records
-            loader = DataLoader(ManifestDataset(manifest, features=store, records=records), batch_size=64,
-                                collate_fn=collate)
-            tables[split] = rollout(model, loader, cfg.evaluate.max_new_tokens, desc=f"outcomes[{split}]").table()
+        with inference_autocast(cfg.accelerate.mixed_precision):  # the model passes; timing above is as deployed
+            for split in ("train", "val"):
+                records = manifest.by_split(split)
+                records = bandit_train_records(records) if split == "train" else records
+                loader = DataLoader(ManifestDataset(manifest, features=store, records=records), batch_size=64,
+                                    collate_fn=collate)
+                tables[split] = rollout(model, loader, cfg.evaluate.max_new_tokens, desc=f"outcomes[{split}]").table()
         fit, select = bandit_tables(tables["train"], tables["val"])  # rows the frozen models never trained on
         torch.manual_seed(cfg.stage_b.seed)  # the policy's initial weights: the same every run (as in the seeds bench)
         policy = AudioPolicyNetwork(fit.state_dim, cfg.model.token_budgets, hidden_dim=cfg.stage_b.hidden_dim)

@@ -6,6 +6,7 @@ collective is the identity. Under `accelerate launch` (or torchrun) the same cod
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -33,6 +34,16 @@ def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: i
         gradient_accumulation_steps=gradient_accumulation_steps,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+
+
+def inference_autocast(mixed_precision: str = "no") -> contextlib.AbstractContextManager:
+    """The trainers' `accelerate.mixed_precision` for a stage that only runs the models (Stage B's rollouts,
+    evaluate): bf16 or fp16 autocast on this process's device, nothing for `no`. Budget 0 and the base still run
+    the same operations, so they still agree exactly."""
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device_type=process_state().device.type, dtype=dtype)
 
 
 class ShardedBatchSampler(Sampler[list[int]]):

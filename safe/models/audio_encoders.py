@@ -167,7 +167,8 @@ class AudioEncoder(nn.Module, abc.ABC):
                 warnings.warn(f"{type(self).__name__}: clip(s) {too_long} longer than "
                               f"{self.max_samples / self.native_sampling_rate:g} s were cropped", stacklevel=2)
                 waves = [w[: self.max_samples] for w in waves]
-        with torch.no_grad():
+        # float32 also under a caller's autocast: the same features as the cached ones from extract_features
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
             return self._encode_native(waves)
 
     @abc.abstractmethod

@@ -112,9 +112,11 @@ class BudgetClassifier(nn.Module):
         self.normalizer.fit(as_state_tensor(states, self.state_feature_dim, self._device()))
 
     def forward(self, states: Any) -> torch.Tensor:
-        """Logits over budgets: (B, S) -> (B, A)."""
-        x = as_state_tensor(states, self.state_feature_dim, self._device())
-        return self.net(self.normalizer(x))  # (B, A)
+        """Logits over budgets: (B, S) -> (B, A), in float32 also under a caller's autocast (thresholds such as the
+        gate's 0.988 need more digits than bf16 has)."""
+        x = as_state_tensor(states, self.state_feature_dim, self._device()).float()
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.net(self.normalizer(x))  # (B, A)
 
     def log_probs(self, states: Any, action_mask: Any = None) -> torch.Tensor:
         logits = self.forward(states)  # (B, A)

@@ -43,6 +43,19 @@ def tiny_clap_parts():
     return config, fe
 
 
+def test_encoding_under_a_bf16_autocast_gives_the_cached_float32_features(whisper):
+    """evaluate encodes its silent clip under `accelerate.mixed_precision: bf16`; the features must be the ones
+    extract_features cached in float32 (a bf16 log-mel used to crash the feature extractor)."""
+    from safe.distributed import inference_autocast
+
+    clips = [_clip(1.0), _clip(0.5, 1)]
+    expected = whisper.encode(clips)
+    with inference_autocast("bf16"):
+        got = whisper.encode(clips)
+    assert got.segments.dtype == torch.float32 and torch.equal(got.segments, expected.segments)
+    assert torch.equal(got.sequence, expected.sequence)
+
+
 def test_whisper_batch_of_different_lengths_is_padded_and_masked(whisper):
     out = whisper.encode([_clip(1.0), _clip(0.5, 1), _clip(0.2, 2)])
     assert out.sequence.shape == (3, 50, 32)  # 1 s = 100 mel frames = 50 encoder frames

@@ -94,3 +94,24 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
 def test_load_policy_missing_folder_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_policy(tmp_path / "nope")
+
+
+def test_policy_and_gate_decide_in_float32_under_a_bf16_autocast():
+    """Stage B and evaluate run the models under `accelerate.mixed_precision: bf16`; the policy and the gate must not:
+    the gate's audio threshold (0.988 on demo) needs more digits than bf16 keeps."""
+    from safe.distributed import inference_autocast
+    from safe.models.budget_gate import BudgetGate
+
+    torch.manual_seed(0)
+    gate = BudgetGate(6, [0, 4, 8, 12], hidden_dim=16, audio_threshold=0.5)
+    torch.nn.init.normal_(gate.net[-1].weight)
+    states = torch.randn(64, 6)
+    expected = gate.audio_probability(states)
+    with inference_autocast("bf16"):
+        assert torch.is_autocast_enabled("cpu")
+        got = gate.audio_probability(states)
+        budgets = gate.predict_budget(states)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    assert torch.equal(budgets, gate.predict_budget(states))
+    with inference_autocast("no"):
+        assert not torch.is_autocast_enabled("cpu")
