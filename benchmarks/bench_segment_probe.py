@@ -1,7 +1,7 @@
 """How much temporal detail each budget's features hold: a linear probe on the first k segment summaries.
 
-Renders clips with the synthetic generator's own functions (which of two sounds came first; how many beeps; and,
-for a family the generator does not have yet, which of 8 or 12 back-to-back sounds plays at one position), encodes
+Renders clips with the synthetic generator's own functions (which of two sounds came first; how many beeps; which of
+8 or 12 back-to-back sounds plays at one position; which animal calls once among 11 synthetic sounds), encodes
 them with the frozen encoder, and fits a multinomial logistic regression (seeded, full batch) on the training share of
 each view: the pooled vector, and the first 4 / 8 / 12 coarse-to-fine segment summaries (what budgets 4 / 8 / 12
 see). Prints held-out accuracy per task and view. This measures what the features carry, not what Stage A learns.
@@ -9,6 +9,7 @@ see). Prints held-out accuracy per task and view. This measures what the feature
     python benchmarks/bench_segment_probe.py                     # whisper-tiny.en (offline wheel), 1200 clips a task
     python benchmarks/bench_segment_probe.py --encoder whisper-random:64x2 --clips 400
     python benchmarks/bench_segment_probe.py --tasks seq8_pos3 seq12_pos5   # the n-th of k sounds
+    python benchmarks/bench_segment_probe.py --tasks event12                # one short animal call among tones
 """
 
 from __future__ import annotations
@@ -26,11 +27,24 @@ from safe.models.audio_encoders import build_audio_encoder
 from safe.provenance import provenance
 
 
-TASKS = ("order", "beep_count", "seq8_pos3", "seq8_pos6", "seq12_pos5", "seq12_pos10")
+TASKS = ("order", "beep_count", "seq8_pos3", "seq8_pos6", "seq12_pos1", "seq12_pos2", "seq12_pos5", "seq12_pos10",
+         "event12")
+SYNTHETIC = ("beep", "hum", "whistle")
+ANIMALS = tuple(s for s in synth.ORDER_SOUNDS if s not in SYNTHETIC)
 
 
 def num_classes(task: str) -> int:
-    return 4 if task == "beep_count" else len(synth.ORDER_SOUNDS)
+    return {"beep_count": 4, "event12": len(ANIMALS)}.get(task, len(synth.ORDER_SOUNDS))
+
+
+def event_clip(rng: np.random.Generator, n_samples: int, slots: int = 12) -> tuple[np.ndarray, int]:
+    """One animal call in a random twelfth of the clip, a synthetic sound in every other -> (wave, animal index):
+    a short event that only finer segments isolate."""
+    target, where = int(rng.integers(len(ANIMALS))), int(rng.integers(slots))
+    names = [ANIMALS[target] if i == where else SYNTHETIC[int(rng.integers(len(SYNTHETIC)))] for i in range(slots)]
+    kinds = np.array([synth.ORDER_SOUNDS.index(name) for name in names])
+    wave, _ = synth.sequence_clip(rng, slots, n_samples, kinds)
+    return wave, target
 
 
 def clips(task: str, n: int, seed: int, n_samples: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -39,7 +53,9 @@ def clips(task: str, n: int, seed: int, n_samples: int) -> tuple[list[np.ndarray
     waves, labels = [], []
     for i in range(n):
         rng = np.random.default_rng([seed, i])
-        if task.startswith("seq"):
+        if task == "event12":
+            wave, label = event_clip(rng, n_samples)
+        elif task.startswith("seq"):
             k, position = (int(v) for v in task[3:].split("_pos"))
             wave, kinds = synth.sequence_clip(rng, k, n_samples)
             label = int(kinds[position - 1])

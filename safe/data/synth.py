@@ -398,13 +398,16 @@ def order_clip(rng: np.random.Generator, first: str, second: str, n: int) -> tup
     return _finish(rng, wave), [start / SR, onset2 / SR]
 
 
-def sequence_clip(rng: np.random.Generator, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+def sequence_clip(
+    rng: np.random.Generator, k: int, n: int, kinds: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """k `ORDER_SOUNDS` back to back, one in each k-th of the clip (60-85% of its slot, at a random level) -> (wave,
-    (k,) sound indices). `benchmarks/bench_segment_probe.py` measures what each budget's features hold about the
-    sound at one position (docs/EXPERIMENTS.md#sequence-probe); as a demo family it was not learned
-    (docs/EXPERIMENTS.md#sequence-family)."""
+    (k,) sound indices); `kinds` (k,) fixes the sounds, else they are drawn. `benchmarks/bench_segment_probe.py`
+    measures what each budget's features hold about the sound at one position (docs/EXPERIMENTS.md#sequence-probe);
+    as a demo family it was not learned (docs/EXPERIMENTS.md#sequence-family, #sequence-budgets)."""
     slot = n // k
-    kinds = rng.integers(0, len(ORDER_SOUNDS), size=k)
+    if kinds is None:
+        kinds = rng.integers(0, len(ORDER_SOUNDS), size=k)
     wave = np.zeros(n, dtype=np.float32)
     for i, kind in enumerate(kinds):
         m = int(slot * rng.uniform(0.6, 0.85))

@@ -339,6 +339,9 @@ def test_sequence_clip_puts_one_audible_sound_in_each_slot():
         assert wave.shape == (16000,) and kinds.shape == (k,) and 0 <= kinds.min() and kinds.max() < 8
         rms = np.sqrt((wave[: 16000 // k * k].reshape(k, -1) ** 2).mean(axis=1))
         assert rms.min() > 0.2 * rms.max(), rms
+    fixed = np.array([3, 0, 7, 1])
+    wave, kinds = synth.sequence_clip(np.random.default_rng(0), 4, 16000, fixed)
+    assert kinds.tolist() == fixed.tolist() and wave.shape == (16000,)
 
 
 def test_order_generator_is_deterministic(tmp_path):
