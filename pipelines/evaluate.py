@@ -28,7 +28,7 @@ def main() -> None:
         predictor = SAFEPredictor.load(SAFE_BUNDLE, cache_dir=CACHE / "encoders", dtype=cfg.model.dtype,
                                        device=process_state().device)
         predictor.max_new_tokens = cfg.evaluate.max_new_tokens
-        with inference_autocast(cfg.accelerate.mixed_precision):  # the model passes; latency is timed as deployed
+        with inference_autocast(cfg.evaluate.mixed_precision):  # the model passes; latency is timed as deployed
             table = prediction_table(predictor, manifest, store, "test", cfg.evaluate.batch_size,
                                      cfg.evaluate.max_new_tokens, cfg.evaluate.seed)
         latency = measure_latency(predictor, manifest, "test", cfg.evaluate.latency_examples)

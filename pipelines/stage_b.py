@@ -76,7 +76,7 @@ def main() -> None:
         reward_cfg = reward_config_from(cfg.stage_b, costs.costs)
         collate = LlavaCollator(model.base, store.embed_dim, with_answers=False)
         tables = {}
-        with inference_autocast(cfg.accelerate.mixed_precision):  # the model passes; timing above is as deployed
+        with inference_autocast(cfg.evaluate.mixed_precision):  # the model passes; timing above is as deployed
             for split in ("train", "val"):
                 records = manifest.by_split(split)
                 records = bandit_train_records(records) if split == "train" else records

@@ -381,6 +381,16 @@ class EvaluateConfig:
     max_new_tokens: int = 4
     batch_size: int = 64
     seed: int = 0
+    mixed_precision: str = "no"
+    """`no` or `bf16`: autocast for Stage B's rollouts and this stage's test table, separate from training's
+    `accelerate.mixed_precision` because the two pay differently (docs/EXPERIMENTS.md#smol-bf16). Latency is timed
+    in float32, as `safe infer` runs."""
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision is False:  # an unquoted `no` parsed by a YAML 1.1 reader
+            object.__setattr__(self, "mixed_precision", "no")
+        _check(self.mixed_precision in ("no", "bf16"),
+               f"evaluate.mixed_precision must be no or bf16, got {self.mixed_precision!r}")
 
 
 @dataclass(frozen=True)
@@ -483,7 +493,8 @@ RANGES: dict[str, _Rule] = {
     "promote.max_retention_drop": _SHARE, "promote.min_audio_gain": _between(-1, 1), "promote.skip_rate_min": _SHARE,
     "promote.skip_rate_max": _SHARE, "promote.max_irrelevant_flip_rate": _SHARE, "promote.max_forced_flip_rate": _SHARE,
 }
-_UNCHECKED = {"accelerate.mixed_precision"}  # parsed by AccelerateConfig itself (YAML reads a bare `no` as false)
+# Parsed by their dataclasses (YAML reads a bare `no` as false).
+_UNCHECKED = {"accelerate.mixed_precision", "evaluate.mixed_precision"}
 _NUMBER_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 

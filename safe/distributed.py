@@ -37,9 +37,9 @@ def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: i
 
 
 def inference_autocast(mixed_precision: str = "no") -> contextlib.AbstractContextManager:
-    """The trainers' `accelerate.mixed_precision` for a stage that only runs the models (Stage B's rollouts,
-    evaluate): bf16 or fp16 autocast on this process's device, nothing for `no`. Budget 0 and the base still run
-    the same operations, so they still agree exactly."""
+    """Autocast for a stage that only runs the models (Stage B's rollouts, evaluate's test table;
+    `evaluate.mixed_precision`): bf16 or fp16 on this process's device, nothing for `no`. Budget 0 and the base
+    still run the same operations, so they still agree exactly."""
     if mixed_precision == "no":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16

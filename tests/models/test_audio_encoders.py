@@ -44,7 +44,7 @@ def tiny_clap_parts():
 
 
 def test_encoding_under_a_bf16_autocast_gives_the_cached_float32_features(whisper):
-    """evaluate encodes its silent clip under `accelerate.mixed_precision: bf16`; the features must be the ones
+    """evaluate encodes its silent clip under `evaluate.mixed_precision: bf16`; the features must be the ones
     extract_features cached in float32 (a bf16 log-mel used to crash the feature extractor)."""
     from safe.distributed import inference_autocast
 

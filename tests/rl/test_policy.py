@@ -97,7 +97,7 @@ def test_load_policy_missing_folder_names_the_file(tmp_path):
 
 
 def test_policy_and_gate_decide_in_float32_under_a_bf16_autocast():
-    """Stage B and evaluate run the models under `accelerate.mixed_precision: bf16`; the policy and the gate must not:
+    """Stage B and evaluate run the models under `evaluate.mixed_precision: bf16`; the policy and the gate must not:
     the gate's audio threshold (0.988 on demo) needs more digits than bf16 keeps."""
     from safe.distributed import inference_autocast
     from safe.models.budget_gate import BudgetGate
