@@ -25,6 +25,9 @@ def test_value_checks():
         build_config({"model": {"token_budgets": [4, 8]}})
     with pytest.raises(ConfigError, match="audio_ratio"):
         build_config({"stage_a": {"audio_ratio": 1.5}})
+    with pytest.raises(ConfigError, match="evaluate.mixed_precision must be no or bf16"):
+        build_config({"evaluate": {"mixed_precision": "fp16"}})
+    assert build_config({"evaluate": {"mixed_precision": False}}).evaluate.mixed_precision == "no"  # YAML 1.1 `no`
 
 
 def test_repository_params_yaml_loads():
