@@ -93,7 +93,7 @@ PROFILE_DEFAULTS_WHEN_MOVED = {
         "data": {"size": 4000, "image_size": 32, "test_size": 1200},  # docs/EXPERIMENTS.md#smol-gate-floor
         "model": {"language_model": "smollm2-135m-instruct", "language_model_trainable": "norms",
                   "audio_encoder": "whisper-tiny.en", "vision_hidden": 96, "vision_layers": 3, "vision_heads": 4,
-                  "patch_size": 8, "fusion_layers": [-3, -2, -1], "lora_rank": 32,
+                  "patch_size": 16, "fusion_layers": [-3, -2, -1], "lora_rank": 32,  # docs/EXPERIMENTS.md#smol-patch16
                   "fusion_gate_floor": 0.7},  # docs/EXPERIMENTS.md#smol-gate-floor
         "base_vl": {"epochs": 8, "batch_size": 16, "lr": 3e-3, "derived_questions": False,
                     "vision_pretrain_epochs": 40},
