@@ -6,7 +6,7 @@ from __future__ import annotations
 from pipelines.common import CACHE, EVAL, FEATURES, MANIFEST, SAFE_BUNDLE, config, tracked_stage
 from safe.data.features import FeatureStore
 from safe.data.manifest import read_manifest
-from safe.distributed import inference_autocast, process_state
+from safe.distributed import inference_autocast, process_state, resolve_inference_precision
 from safe.eval.criteria import Thresholds, evaluate_criteria
 from safe.eval.evaluation import measure_latency, prediction_table
 from safe.eval.headline import headline_json, headline_metrics
@@ -37,6 +37,7 @@ def main() -> None:
         criteria = evaluate_criteria(metrics, thresholds(cfg))
         run_info = {"profile": cfg.profile, "base_vl": cfg.model.base_vl or "small LLaVA trained here (base_vl stage)",
                     "audio_encoder": cfg.model.audio_encoder, "token_budgets": list(cfg.model.token_budgets),
+                    "inference_precision": resolve_inference_precision(cfg.evaluate.mixed_precision),
                     **predictor.model.trainable_summary()}
         EVAL.mkdir(parents=True, exist_ok=True)
         table.to_json(EVAL / ".predictions.jsonl.tmp", orient="records", lines=True)

@@ -18,7 +18,7 @@ from safe.data.datasets import LlavaCollator, ManifestDataset
 from safe.data.features import FeatureStore
 from safe.data.manifest import read_manifest
 from safe.data.media import MediaError, load_audio, load_image
-from safe.distributed import inference_autocast, process_state
+from safe.distributed import inference_autocast, process_state, resolve_inference_precision
 from safe.eval.plots import plot_stage_b_rewards
 from safe.inference import load_safe_model
 from safe.io import atomic_dir, write_json_atomic
@@ -76,7 +76,9 @@ def main() -> None:
         reward_cfg = reward_config_from(cfg.stage_b, costs.costs)
         collate = LlavaCollator(model.base, store.embed_dim, with_answers=False)
         tables = {}
-        with inference_autocast(cfg.evaluate.mixed_precision):  # the model passes; timing above is as deployed
+        precision = resolve_inference_precision(cfg.evaluate.mixed_precision)
+        print(f"stage_b: rollouts with evaluate.mixed_precision {cfg.evaluate.mixed_precision!r} -> {precision}")
+        with inference_autocast(precision):  # the model passes; timing above is as deployed
             for split in ("train", "val"):
                 records = manifest.by_split(split)
                 records = bandit_train_records(records) if split == "train" else records

@@ -382,15 +382,16 @@ class EvaluateConfig:
     batch_size: int = 64
     seed: int = 0
     mixed_precision: str = "no"
-    """`no` or `bf16`: autocast for Stage B's rollouts and this stage's test table, separate from training's
-    `accelerate.mixed_precision` because the two pay differently (docs/EXPERIMENTS.md#smol-bf16). Latency is timed
-    in float32, as `safe infer` runs."""
+    """`no`, `bf16` or `auto`: autocast for Stage B's rollouts and this stage's test table, separate from training's
+    `accelerate.mixed_precision` because the two pay differently (docs/EXPERIMENTS.md#smol-bf16). `auto` is bf16
+    on a device with native bf16 (a GPU, a CPU with AVX512-BF16 or AMX), else no. Latency is timed in float32, as
+    `safe infer` runs."""
 
     def __post_init__(self) -> None:
         if self.mixed_precision is False:  # an unquoted `no` parsed by a YAML 1.1 reader
             object.__setattr__(self, "mixed_precision", "no")
-        _check(self.mixed_precision in ("no", "bf16"),
-               f"evaluate.mixed_precision must be no or bf16, got {self.mixed_precision!r}")
+        _check(self.mixed_precision in ("no", "bf16", "auto"),
+               f"evaluate.mixed_precision must be no, bf16 or auto, got {self.mixed_precision!r}")
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,28 @@ def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: i
     )
 
 
+def native_bf16(device: torch.device) -> bool:
+    """True when `device` runs bf16 matrix products in hardware: a CUDA GPU that supports bf16, or a CPU with
+    AVX512-BF16 or AMX (elsewhere a CPU emulates bf16 and autocast can be slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch's own CPU feature checks
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def resolve_inference_precision(mixed_precision: str, device: torch.device | None = None) -> str:
+    """`evaluate.mixed_precision` as it will run: `auto` is bf16 on a device with native bf16, else no."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    return "bf16" if native_bf16(device or process_state().device) else "no"
+
+
 def inference_autocast(mixed_precision: str = "no") -> contextlib.AbstractContextManager:
     """Autocast for a stage that only runs the models (Stage B's rollouts, evaluate's test table;
-    `evaluate.mixed_precision`): bf16 or fp16 on this process's device, nothing for `no`. Budget 0 and the base
-    still run the same operations, so they still agree exactly."""
+    `evaluate.mixed_precision`): bf16 or fp16 on this process's device, nothing for `no`, bf16 or nothing for
+    `auto` (`resolve_inference_precision`). Budget 0 and the base still run the same operations, so they still
+    agree exactly."""
+    mixed_precision = resolve_inference_precision(mixed_precision)
     if mixed_precision == "no":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16

@@ -25,7 +25,7 @@ def test_value_checks():
         build_config({"model": {"token_budgets": [4, 8]}})
     with pytest.raises(ConfigError, match="audio_ratio"):
         build_config({"stage_a": {"audio_ratio": 1.5}})
-    with pytest.raises(ConfigError, match="evaluate.mixed_precision must be no or bf16"):
+    with pytest.raises(ConfigError, match="evaluate.mixed_precision must be no, bf16 or auto"):
         build_config({"evaluate": {"mixed_precision": "fp16"}})
     assert build_config({"evaluate": {"mixed_precision": False}}).evaluate.mixed_precision == "no"  # YAML 1.1 `no`
 
@@ -95,12 +95,12 @@ PROFILE_DEFAULTS_WHEN_MOVED = {
                   "audio_encoder": "whisper-tiny.en", "vision_hidden": 96, "vision_layers": 3, "vision_heads": 4,
                   "patch_size": 16, "fusion_layers": [-3, -2, -1], "lora_rank": 32,  # docs/EXPERIMENTS.md#smol-patch16
                   "fusion_gate_floor": 0.7},  # docs/EXPERIMENTS.md#smol-gate-floor
-        "base_vl": {"epochs": 8, "batch_size": 16, "lr": 3e-3, "derived_questions": False,
-                    "vision_pretrain_epochs": 40},
+        "base_vl": {"epochs": 5, "batch_size": 16, "lr": 3e-3, "derived_questions": False,
+                    "vision_pretrain_epochs": 40},  # docs/EXPERIMENTS.md#smol-five-epochs
         "stage_a": {"steps": 160, "retention_flip_tolerance": 0.02, "batch_size": 16, "eval_every": 40,
                     "fisher_batches": 2},
         "stage_b": {"steps": 800},
-        "evaluate": {"bootstrap": 500, "latency_examples": 16},
+        "evaluate": {"bootstrap": 500, "latency_examples": 16, "mixed_precision": "auto"},
     },
     "llava": {
         "data": {"source": "manifest", "manifest": "data/ingested/manifest.jsonl", "image_size": 336},

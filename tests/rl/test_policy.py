@@ -115,3 +115,20 @@ def test_policy_and_gate_decide_in_float32_under_a_bf16_autocast():
     assert torch.equal(budgets, gate.predict_budget(states))
     with inference_autocast("no"):
         assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_inference_precision_is_bf16_only_where_the_cpu_has_native_bf16(monkeypatch, native):
+    """`evaluate.mixed_precision: auto` autocasts to bf16 on a CPU with AVX512-BF16 or AMX and runs float32 on one
+    that would emulate bf16 (slower than float32 there); `no` and `bf16` mean what they say on any CPU."""
+    from safe.distributed import inference_autocast, resolve_inference_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cpu = torch.device("cpu")
+    assert resolve_inference_precision("auto", cpu) == ("bf16" if native else "no")
+    assert resolve_inference_precision("no", cpu) == "no" and resolve_inference_precision("bf16", cpu) == "bf16"
+    with inference_autocast("auto"):
+        assert torch.is_autocast_enabled("cpu") == native
+        if native:
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
