@@ -4,20 +4,27 @@ Usage, in a project whose params.yaml says `profile: smol`:
 
     python benchmarks/bench_smol_stages.py            # each stage's newest finished run in the MLflow store
     python benchmarks/bench_smol_stages.py --run      # run every stage now (`dvc repro -f -s <stage>`) and time it
+    python benchmarks/bench_smol_stages.py --run --direct --set data.size=16000 --json OUT.json
 
 The first form reads what `dvc repro` logged (each stage is an MLflow run with a start and an end time; process
 start-up, imports and DVC's hashing and caching are not in it). The second one times each stage as DVC runs it, so
-it includes both, and reruns the whole DAG. Prints measured seconds only.
+it includes both, and reruns the whole DAG. The third runs each stage's command from dvc.yaml without DVC (a machine
+that has the project's other packages but not DVC, e.g. a lent GPU box), after writing the `--set` values into
+params.yaml (which loses its comments), and writes the times, the stages' metrics and the promotion decision to
+OUT.json after every stage, so a run cut short still leaves what it measured. Prints measured seconds only.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -34,17 +41,81 @@ def profile_of(project: Path) -> str:
     return str((yaml.safe_load((project / "params.yaml").read_text()) or {}).get("profile", "demo"))
 
 
-def time_stages(project: Path, stages: list[str]) -> list[tuple[str, str, float]]:
-    """Run `dvc repro -f -s <stage>` for each stage in turn; stop at the first failure."""
+def stage_command(project: Path, stage: str, direct: bool) -> list[str]:
+    """`dvc repro -f -s <stage>`, or with `direct` the stage's own `cmd` from dvc.yaml (run by this interpreter)."""
+    if not direct:
+        return [sys.executable, "-m", "dvc", "repro", "-f", "-s", stage]
+    cmd = shlex.split(yaml.safe_load((project / "dvc.yaml").read_text())["stages"][stage]["cmd"])
+    return [sys.executable, *cmd[1:]] if cmd[0] == "python" else cmd
+
+
+def set_params(project: Path, assignments: list[str]) -> dict:
+    """Write `section.key=value` assignments (values read as YAML) into params.yaml; returns them as a dict."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text()) or {}
+    done = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected section.key=value")
+        node = params
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SystemExit(f"--set {item!r}: {part!r} in params.yaml is not a section")
+            node = child
+        node[leaf] = done[key] = yaml.safe_load(raw)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return done
+
+
+def stage_outputs(project: Path) -> dict:
+    """The metrics files the stages wrote so far, and the promotion decision."""
+    files = {p.stem: p for p in sorted((project / "data" / "metrics").glob("*.json"))}
+    files.update(evaluate=project / "data" / "eval" / "metrics.json", promotion=project / "data" / "eval" / "promotion.json")
+    return {name: json.loads(p.read_text()) for name, p in files.items() if p.is_file()}
+
+
+def time_stages(project: Path, stages: list[str], direct: bool = False,
+                record: Callable[[list], None] | None = None) -> list[tuple[str, str, float]]:
+    """Run each stage in turn (see `stage_command`); stop at the first failure. `record(rows)` after each stage."""
     rows = []
     for stage in stages:
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], cwd=project)
+        proc = subprocess.run(stage_command(project, stage, direct), cwd=project)
         rows.append((stage, "ok" if proc.returncode == 0 else f"exit {proc.returncode}", time.perf_counter() - start))
         print(f"  {stage:<18} {rows[-1][2]:9.1f} s  {rows[-1][1]}", flush=True)
+        if record is not None:
+            record(rows)
         if proc.returncode:
             break
     return rows
+
+
+def json_recorder(path: Path, project: Path, profile: str, assigned: dict, direct: bool,
+                  label: str) -> Callable[[list], None]:
+    """What `time_stages` calls after each stage: rewrite `path` with provenance, the times so far and the outputs."""
+    import torch
+
+    from safe.provenance import provenance
+
+    info = provenance(project)
+    if info["commit"] == "unknown" and label:
+        info["commit"] = label
+    info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+    def record(rows: list) -> None:
+        write_json_atomic(path, {**info, "profile": profile, "set": assigned, "direct": direct,
+                                 "stages": [{"stage": s, "status": st, "seconds": round(t, 1)} for s, st, t in rows],
+                                 "outputs": stage_outputs(project)})
+    return record
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)
 
 
 def logged_stages(project: Path, stages: list[str]) -> list[tuple[str, str, float]]:
@@ -75,14 +146,23 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--project", type=Path, default=Path.cwd(), help="project root (dvc.yaml, params.yaml)")
     ap.add_argument("--run", action="store_true", help="run and time every stage now instead of reading MLflow")
+    ap.add_argument("--direct", action="store_true", help="with --run: each stage's dvc.yaml command, without DVC")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="with --run: write into params.yaml first (repeatable)")
+    ap.add_argument("--json", type=Path, help="with --run: write times, metrics and decision here after every stage")
+    ap.add_argument("--label", default="", help="with --json: recorded as the commit when git cannot tell it")
     args = ap.parse_args(argv)
     project = args.project.resolve()
+    if (args.direct or args.set or args.json) and not args.run:
+        raise SystemExit("--direct, --set and --json go with --run")
+    assigned = set_params(project, args.set) if args.set else {}
     profile = profile_of(project)
     if profile != "smol":
         print(f"note: {project}/params.yaml has profile {profile!r}, not 'smol'")
     print(f"== stage wall times, profile {profile} ({'timed now' if args.run else 'newest finished MLflow runs'})")
     stages = dag_stages(project)
-    rows = time_stages(project, stages) if args.run else logged_stages(project, stages)
+    record = json_recorder(args.json, project, profile, assigned, args.direct, args.label) if args.json else None
+    rows = time_stages(project, stages, args.direct, record) if args.run else logged_stages(project, stages)
     if not args.run:
         for stage, run_id, seconds in rows:
             print(f"  {stage:<18} {seconds:9.1f} s  (MLflow run {run_id})")
