@@ -166,7 +166,7 @@ class StageATrainer:
         The penalty depends on the parameters only, identical in every process, so it stays outside DDP: a
         parameter used outside the wrapped forward would break DDP's gradient bookkeeping."""
         if self.fisher is None:
-            return torch.zeros(())
+            return torch.zeros((), device=self.accelerator.device)
         penalty = self.fisher()
         grads = torch.autograd.grad(self.config.fisher_weight * penalty, list(self.params.values()), allow_unused=True)
         scaler = self.accelerator.scaler  # fp16: gradients are still multiplied by the loss scale here
