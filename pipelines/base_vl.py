@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pipelines.common import BASE_VL, MANIFEST, METRICS, PLOTS, config, launch_processes, tracked_stage
+from pipelines.common import (
+    BASE_VL, MANIFEST, METRICS, PLOTS, config, launch_processes, run_with_error_boundary, tracked_stage,
+)
 from safe.data.manifest import read_manifest
 from safe.data.synth import derived_vl_questions, scene_tags
 from safe.distributed import make_accelerator
@@ -42,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_with_error_boundary(main)

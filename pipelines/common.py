@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from safe.environment import set_environment
 
@@ -128,6 +128,20 @@ def launch_processes(module: str, cfg: SafeConfig) -> None:
     from safe.distributed import relaunch_if_needed
 
     relaunch_if_needed(module, cfg.accelerate.num_processes, cfg.accelerate.mixed_precision)
+
+
+def run_with_error_boundary(main: Callable[[], None]) -> None:
+    """A stage's entry point behind the error boundary of the `safe` commands: an expected failure (bad params, a bad
+    manifest row, unreadable media) prints one line naming the file and key and exits 2; a bug keeps its traceback."""
+    from safe.errors import from_exception
+
+    try:
+        main()
+    except Exception as err:  # noqa: BLE001 - re-raised unless it is an input error
+        user_error = from_exception(err)
+        if user_error is None:
+            raise
+        fail(user_error.render(), user_error.exit_code)
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -3,7 +3,9 @@ SAFE model on the test split."""
 
 from __future__ import annotations
 
-from pipelines.common import CACHE, EVAL, FEATURES, MANIFEST, SAFE_BUNDLE, config, tracked_stage
+from pipelines.common import (
+    CACHE, EVAL, FEATURES, MANIFEST, SAFE_BUNDLE, config, run_with_error_boundary, tracked_stage,
+)
 from safe.data.features import FeatureStore
 from safe.data.manifest import read_manifest
 from safe.distributed import inference_autocast, process_state, resolve_inference_precision
@@ -56,4 +58,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_with_error_boundary(main)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from functools import partial
 
 from pipelines.common import (
-    CACHE, DATA_DOCS, FEATURES, MANIFEST, METRICS, config, fail, launch_processes, tracked_stage,
+    CACHE, DATA_DOCS, FEATURES, MANIFEST, METRICS, config, fail, launch_processes, run_with_error_boundary,
+    tracked_stage,
 )
 from safe.data.checks import validate_features
 from safe.data.features import STAT_NAMES, extract_features
@@ -56,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_with_error_boundary(main)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 
-from pipelines.common import DATA_DOCS, MANIFEST, METRICS, PREPARED, config, fail, tracked_stage
+from pipelines.common import (
+    DATA_DOCS, MANIFEST, METRICS, PREPARED, config, fail, run_with_error_boundary, tracked_stage,
+)
 from safe.data.checks import families_by_source, validate_manifest
 from safe.data.manifest import read_manifest, write_manifest
 from safe.data.synth import FAMILY_MIX, generate_benchmark, split_sizes
@@ -61,4 +63,4 @@ def _absolute(manifest, record):
 
 
 if __name__ == "__main__":
-    main()
+    run_with_error_boundary(main)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pipelines.common import EVAL, MANIFEST, SAFE_BUNDLE, config, dvc_experiment
+from pipelines.common import EVAL, MANIFEST, SAFE_BUNDLE, config, dvc_experiment, run_with_error_boundary
 from safe.data.fingerprint import split_fingerprint
 from safe.data.manifest import read_manifest
 from safe.eval.criteria import Thresholds
@@ -29,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_with_error_boundary(main)

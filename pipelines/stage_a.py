@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from pipelines.common import (
     CACHE, FEATURES, MANIFEST, METRICS, PLOTS, STAGE_A, base_vl_source, config, launch_processes, stage_code,
-    tracked_stage,
+    run_with_error_boundary, tracked_stage,
 )
 from safe.data.datasets import BalancedBatchSampler, LlavaCollator, ManifestDataset, example_weights
 from safe.data.features import FeatureStore
@@ -104,4 +104,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_with_error_boundary(main)

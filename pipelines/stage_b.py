@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipelines.common import CACHE, FEATURES, MANIFEST, METRICS, PLOTS, STAGE_A, STAGE_B, config, fail, tracked_stage
+from pipelines.common import (
+    CACHE, FEATURES, MANIFEST, METRICS, PLOTS, STAGE_A, STAGE_B, config, fail, run_with_error_boundary, tracked_stage,
+)
 from safe.data.datasets import LlavaCollator, ManifestDataset
 from safe.data.features import FeatureStore
 from safe.data.manifest import read_manifest
@@ -121,4 +123,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_with_error_boundary(main)

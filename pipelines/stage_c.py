@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 
-from pipelines.common import METRICS, SAFE_BUNDLE, STAGE_A, STAGE_B, base_vl_source, config, tracked_stage
+from pipelines.common import (
+    METRICS, SAFE_BUNDLE, STAGE_A, STAGE_B, base_vl_source, config, run_with_error_boundary, tracked_stage,
+)
 from safe.inference import assemble_bundle
 from safe.io import write_json_atomic
 from safe.models.budget_gate import gate_actions_on, save_gate
@@ -46,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_with_error_boundary(main)
