@@ -101,7 +101,7 @@ def json_recorder(path: Path, project: Path, profile: str, assigned: dict, direc
     from safe.provenance import provenance
 
     info = provenance(project)
-    if info["commit"] == "unknown" and label:
+    if label:  # a copied working tree can hold another checkout's git, or none
         info["commit"] = label
     info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="with --run: write into params.yaml first (repeatable)")
     ap.add_argument("--json", type=Path, help="with --run: write times, metrics and decision here after every stage")
-    ap.add_argument("--label", default="", help="with --json: recorded as the commit when git cannot tell it")
+    ap.add_argument("--label", default="", help="with --json: the commit to record (a copied tree's git may say another)")
     args = ap.parse_args(argv)
     project = args.project.resolve()
     if (args.direct or args.set or args.json) and not args.run:
