@@ -73,7 +73,8 @@ def set_params(project: Path, assignments: list[str]) -> dict:
 def stage_outputs(project: Path) -> dict:
     """The metrics files the stages wrote so far, and the promotion decision."""
     files = {p.stem: p for p in sorted((project / "data" / "metrics").glob("*.json"))}
-    files.update(evaluate=project / "data" / "eval" / "metrics.json", promotion=project / "data" / "eval" / "promotion.json")
+    evaluation = project / "data" / "eval"
+    files.update(evaluate=evaluation / "metrics.json", promotion=evaluation / "promotion.json")
     return {name: json.loads(p.read_text()) for name, p in files.items() if p.is_file()}
 
 
@@ -98,6 +99,7 @@ def json_recorder(path: Path, project: Path, profile: str, assigned: dict, direc
     """What `time_stages` calls after each stage: rewrite `path` with provenance, the times so far and the outputs."""
     import torch
 
+    from safe.io import write_json_atomic
     from safe.provenance import provenance
 
     info = provenance(project)
@@ -110,12 +112,6 @@ def json_recorder(path: Path, project: Path, profile: str, assigned: dict, direc
                                  "stages": [{"stage": s, "status": st, "seconds": round(t, 1)} for s, st, t in rows],
                                  "outputs": stage_outputs(project)})
     return record
-
-
-def write_json_atomic(path: Path, obj: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
 
 
 def logged_stages(project: Path, stages: list[str]) -> list[tuple[str, str, float]]:
@@ -150,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="with --run: write into params.yaml first (repeatable)")
     ap.add_argument("--json", type=Path, help="with --run: write times, metrics and decision here after every stage")
-    ap.add_argument("--label", default="", help="with --json: the commit to record (a copied tree's git may say another)")
+    ap.add_argument("--label", default="",
+                    help="with --json: the commit to record (a copied tree's git may say another)")
     args = ap.parse_args(argv)
     project = args.project.resolve()
     if (args.direct or args.set or args.json) and not args.run:

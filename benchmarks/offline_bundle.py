@@ -15,7 +15,8 @@ Usage (docs/SCALING.md#the-smol-profile-on-a-lent-gpu):
     python benchmarks/offline_bundle.py --out .dev/bundle --python-version 3.12 --have target_pip_freeze.txt
 
 `--have` lists the target's packages (`pip list --format freeze` there, or a names-only list): those are not
-bundled, except a pinned dependency (transformers==5.24.0) the list does not show at that version. The stages run without DVC and Prefect (`bench_smol_stages.py --run --direct`), so neither is bundled.
+bundled, except a pinned dependency the list does not show at its pinned version. The stages run without DVC and
+Prefect (`bench_smol_stages.py --run --direct`), so neither is bundled.
 """
 
 from __future__ import annotations
