@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: timing and a demo-size model built from config (no training)."""
+"""Helpers shared by the benchmark scripts: timing, a demo-size model built from config (no training), and params
+set in a project copy."""
 
 from __future__ import annotations
 
@@ -45,3 +46,32 @@ def report(title: str, rows: list[tuple[str, float]], ratio: tuple[str, float] |
         print(f"  {name:<44} {value:10.3f} ms")
     if ratio:
         print(f"  {ratio[0]:<44} {ratio[1]:10.3f}")
+
+
+def set_params(project: Path, assignments: list[str]) -> dict:
+    """Write `section.key=value` assignments into `project`/params.yaml; returns them as {key: value}.
+
+    Read and written as YAML 1.2 with its comments kept, the way DVC rewrites it (`dvc exp run -S`) and safe.config
+    reads it: YAML 1.1 would read `1e-05` as text and `no` as false."""
+    from ruamel.yaml import YAML
+
+    path = project / "params.yaml"
+    document, value_reader = YAML(), YAML(typ="safe", pure=True)
+    document.preserve_quotes = True
+    params = document.load(path.read_text()) or {}
+    done = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected section.key=value")
+        node = params
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SystemExit(f"--set {item!r}: {part!r} in params.yaml is not a section")
+            node = child
+        node[leaf] = done[key] = value_reader.load(raw)
+    with path.open("w") as f:
+        document.dump(params, f)
+    return done

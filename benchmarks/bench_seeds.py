@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from _common import set_params
 from safe.environment import interpreter_first_path
 from safe.provenance import provenance
 
@@ -47,10 +48,7 @@ def seed_project(project: Path, dst: Path, seed: int) -> None:
             shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif src.is_file():
             shutil.copy2(src, dst / name)
-    params = yaml.safe_load((dst / "params.yaml").read_text()) or {}
-    for stage in ("stage_a", "stage_b"):
-        params.setdefault(stage, {})["seed"] = seed
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(dst, [f"stage_a.seed={seed}", f"stage_b.seed={seed}"])
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)  # dvc needs a repository root; nothing is committed
 
 

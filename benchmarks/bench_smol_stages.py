@@ -10,7 +10,7 @@ The first form reads what `dvc repro` logged (each stage is an MLflow run with a
 start-up, imports and DVC's hashing and caching are not in it). The second one times each stage as DVC runs it, so
 it includes both, and reruns the whole DAG. The third runs each stage's command from dvc.yaml without DVC (a machine
 that has the project's other packages but not DVC, e.g. a lent GPU box), after writing the `--set` values into
-params.yaml (which loses its comments), and writes the times, the stages' metrics and the promotion decision to
+params.yaml, and writes the times, the stages' metrics and the promotion decision to
 OUT.json after every stage, so a run cut short still leaves what it measured. Prints measured seconds only.
 """
 
@@ -28,7 +28,8 @@ from typing import Callable
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import set_params  # also puts the project on sys.path
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
@@ -47,27 +48,6 @@ def stage_command(project: Path, stage: str, direct: bool) -> list[str]:
         return [sys.executable, "-m", "dvc", "repro", "-f", "-s", stage]
     cmd = shlex.split(yaml.safe_load((project / "dvc.yaml").read_text())["stages"][stage]["cmd"])
     return [sys.executable, *cmd[1:]] if cmd[0] == "python" else cmd
-
-
-def set_params(project: Path, assignments: list[str]) -> dict:
-    """Write `section.key=value` assignments (values read as YAML) into params.yaml; returns them as a dict."""
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text()) or {}
-    done = {}
-    for item in assignments:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {item!r}: expected section.key=value")
-        node = params
-        *parents, leaf = key.split(".")
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise SystemExit(f"--set {item!r}: {part!r} in params.yaml is not a section")
-            node = child
-        node[leaf] = done[key] = yaml.safe_load(raw)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return done
 
 
 def stage_outputs(project: Path) -> dict:

@@ -1,5 +1,5 @@
 """The helpers of the benchmark scripts that run the DAG away from this machine (bench_smol_stages --direct,
-offline_bundle): params set without DVC, stage commands from dvc.yaml, and what a bundle for an offline box holds."""
+bench_seeds, offline_bundle): params set without DVC, stage commands from dvc.yaml, and what a bundle for an offline box holds."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import _common  # noqa: E402
 import bench_smol_stages  # noqa: E402
 import offline_bundle  # noqa: E402
 
@@ -22,19 +23,22 @@ def test_set_params_writes_nested_keys_that_load_config_reads(tmp_path):
 
     shutil.copy(REPO / "params.yaml", tmp_path)
     shutil.copytree(REPO / "profiles", tmp_path / "profiles")
-    done = bench_smol_stages.set_params(tmp_path, ["profile=smol", "data.size=12000", "data.test_size=null",
-                                                   "stage_a.steps=480"])
-    assert done == {"profile": "smol", "data.size": 12000, "data.test_size": None, "stage_a.steps": 480}
+    done = _common.set_params(tmp_path, ["profile=smol", "data.size=12000", "data.test_size=null",
+                                         "stage_a.steps=480", "stage_a.learning_rate_projector=1e-05"])
+    assert done == {"profile": "smol", "data.size": 12000, "data.test_size": None, "stage_a.steps": 480,
+                    "stage_a.learning_rate_projector": 1e-05}
     cfg = load_config(tmp_path / "params.yaml")
     assert (cfg.profile, cfg.data.size, cfg.data.test_size, cfg.stage_a.steps) == ("smol", 12000, None, 480)
+    assert cfg.stage_a.learning_rate_projector == 1e-05  # YAML 1.2, as DVC and safe.config read it
     assert cfg.base_vl.epochs == 5  # the rest still comes from the smol profile
+    assert "# Run parameters." in (tmp_path / "params.yaml").read_text()  # comments kept
 
 
 @pytest.mark.parametrize("item", ["profile.size=1", "no_equals_sign"])
 def test_set_params_names_a_bad_assignment(tmp_path, item):
     shutil.copy(REPO / "params.yaml", tmp_path)
     with pytest.raises(SystemExit, match=item.split("=")[0]):
-        bench_smol_stages.set_params(tmp_path, [item])
+        _common.set_params(tmp_path, [item])
 
 
 def test_direct_stage_commands_are_dvc_yaml_commands_on_this_interpreter():
