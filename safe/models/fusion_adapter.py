@@ -89,6 +89,12 @@ class CrossAttentionBlock(nn.Module):
         """The gate's bias value in [0, 1] (a 0-dim tensor): the gate of an example whose question says nothing."""
         return torch.sigmoid(self.gate_logit)
 
+    def adds_nothing(self) -> bool:
+        """True while the output projection is exactly zero (frozen zero weight, `lora_B` still zero): the block then
+        returns its input bit for bit, whatever the audio or the gate."""
+        o_proj = self.o_proj
+        return not (o_proj.base_layer.weight.any() or o_proj.lora_B[ADAPTER_NAME].weight.any())
+
     def question_summary(self, hidden_states: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """Attention pooling of the prompt's text tokens by the gate's own score: (B, T, D), (B, T) bool -> (B, D).
 

@@ -259,6 +259,11 @@ class SAFEModel(nn.Module):
             return self.base.generate_answers(batch, max_new_tokens, return_first_logits)
 
     # -- parameters ------------------------------------------------------------------------------------------------------
+    def fusion_adds_nothing(self) -> bool:
+        """True while every fusion block returns its input exactly (a fresh adapter): SAFE's answers are then the
+        base's at every budget."""
+        return all(block.adds_nothing() for block in self.fusion.values())
+
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"projector": self.projector, "fusion": self.fusion}
 

@@ -212,18 +212,23 @@ class StageATrainer:
         its clip. Each process predicts its share of the validation set; the metrics come from everyone's
         predictions."""
         base_preds: list[tuple[str, str]] = []
-        rows = []
+        rows, records = [], []
+        as_base = self.model.fusion_adds_nothing()  # a fresh adapter (step 0): SAFE's answers are the base's
         for batch in self.val_loader:
             batch = batch.to(self.accelerator.device)
             if self._base_val is None:
                 base_preds.extend(zip([r.id for r in batch.records], self.model.generate_answers(
                     batch.vl, 0, max_new_tokens=self.max_new_tokens)))
+            if as_base:
+                records.extend(batch.records)
+                continue
             feats, budgets = self._validation_audio(batch)
             preds = self.model.generate_answers(batch.vl, budgets, audio_features=feats,
                                                 max_new_tokens=self.max_new_tokens)
             rows.extend(zip(batch.records, preds))
         if self._base_val is None:
             self._base_val = dict(all_gather_objects(base_preds))
+        rows.extend((r, self._base_val[r.id]) for r in records)
         return _val_metrics(all_gather_objects(rows), self._base_val)
 
     # -- checkpoints -------------------------------------------------------------------------------------------------

@@ -10,6 +10,17 @@ def test_fresh_block_returns_input_unchanged():
     assert torch.equal(block(h, a), h)
 
 
+def test_adds_nothing_exactly_while_the_output_projection_is_zero():
+    block = CrossAttentionBlock(hidden_size=32, num_attention_heads=4)
+    with torch.no_grad():  # every other trainable tensor moved: the block is still exact
+        for name, p in block.named_parameters():
+            if p.requires_grad and "o_proj.lora_B" not in name:
+                p.normal_()
+    h, a = torch.randn(2, 5, 32), torch.randn(2, 4, 32)
+    assert block.adds_nothing() and torch.equal(block(h, a), h)
+    assert not trained_block().adds_nothing()
+
+
 def trained_block():
     block = CrossAttentionBlock(32, 4)
     with torch.no_grad():
