@@ -163,14 +163,13 @@ def test_a_flip_tolerance_rolls_back_like_a_retention_break(trained_base, bench)
     assert check["vl_flip_rate"] > 0.05 and check.get("rollback") == 1.0
 
 
-
 def test_a_fresh_adapter_is_checked_from_the_base_answers_alone(trained_base, bench):
     trainer = make_trainer(trained_base, bench, steps=1)
     calls = []
     generate = trainer.model.generate_answers
     trainer.model.generate_answers = lambda vl, budgets, **kw: calls.append(budgets) or generate(vl, budgets, **kw)
     fresh = trainer.evaluate()
-    assert all(isinstance(b, int) and b == 0 for b in calls)  # no fused pass: a fresh adapter adds nothing
+    assert calls and all(isinstance(b, int) and b == 0 for b in calls)  # no fused pass: a fresh adapter adds nothing
     trainer._base_val = None
     trainer.model.fusion_adds_nothing = lambda: False  # the fused pass, as for a trained adapter
     assert trainer.evaluate() == fresh
