@@ -36,7 +36,7 @@ def hidden_features(base, questions: list[str], images: list) -> dict[str, np.nd
         batch = base.prompts.encode(questions[start:start + 32], images[start:start + 32]).to(base.llava.device)
         with torch.no_grad():
             result = base.llava(**batch.model_inputs(), output_hidden_states=True)
-        text = (batch.input_ids != base.llava.config.image_token_id) & batch.attention_mask.bool()  # (B, T)
+        text = base.prompt_text_mask(batch)  # (B, T)
         for layer, h in enumerate(result.hidden_states):  # (B, T, D) each; 0 = the embeddings
             h = h.float()
             mean = (h * text.unsqueeze(-1)).sum(1) / text.sum(1, keepdim=True)
