@@ -294,8 +294,9 @@ class SAFEPredictor:
         start = time.perf_counter()
         batch = self.model.base.encode([question], [img])
         self._check_context(batch.input_ids.shape[1])
-        base_answers, first_logits = self.model.generate_answers(batch, 0, max_new_tokens=self.max_new_tokens,
-                                                                 return_first_logits=True)
+        with self.model.recording_prefix() as recorder:
+            base_answers, first_logits = self.model.generate_answers(batch, 0, max_new_tokens=self.max_new_tokens,
+                                                                     return_first_logits=True)
         has = torch.tensor([wave is not None])
         stats = torch.from_numpy(audio_stats(wave))[None] if wave is not None else torch.zeros(1, 3)
         state = build_state(question_features(self.model.base, batch.input_ids, batch.attention_mask), first_logits,
@@ -307,9 +308,10 @@ class SAFEPredictor:
         else:
             budget = int(choice["budget"][0]) if choice is not None else 0
         answer = base_answers[0]
-        if budget > 0:
-            answer = self.model.generate_answers(batch, budget, waveforms=[wave],
-                                                 max_new_tokens=self.max_new_tokens)[0]
+        if budget > 0:  # from the base pass's prompt prefix: only the layers from the first fusion block run again
+            with self.model.reusing_prefix(recorder.prefix):
+                answer = self.model.generate_answers(batch, budget, waveforms=[wave],
+                                                     max_new_tokens=self.max_new_tokens)[0]
         latency = (time.perf_counter() - start) * 1000.0
         return Prediction(answer, budget, gate_value, latency, base_answers[0])
 

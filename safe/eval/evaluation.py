@@ -20,6 +20,7 @@ from safe.data.datasets import LlavaCollator, ManifestDataset
 from safe.data.features import FeatureStore
 from safe.data.manifest import Manifest
 from safe.inference import SAFEPredictor, gate_choices
+from safe.models.prompt_prefix import PromptPrefix
 from safe.training.rollout import rollout
 
 
@@ -48,11 +49,11 @@ def prediction_table(predictor: SAFEPredictor, manifest: Manifest, store: Featur
         raise ValueError(f"{manifest.path}: no examples in split {split!r}")
     collate = LlavaCollator(model.base, store.embed_dim, with_answers=False)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
-    ro = rollout(model, loader, max_new_tokens, progress=progress, desc=f"evaluate[{split}]")
+    probes = RobustnessProbes(predictor, store, max_new_tokens, seed)
+    ro = rollout(model, loader, max_new_tokens, progress=progress, desc=f"evaluate[{split}]", on_batch=probes.add)
     choices = gate_choices(predictor.gate, ro.states, ro.has_audio)
     budgets = choices["budget"]
     column = {b: i for i, b in enumerate(model.token_budgets)}
-    probes = _probe_answers(predictor, loader, store, max_new_tokens, seed, progress)
     rows = []
     for i, record in enumerate(ro.records):
         row = {
@@ -62,39 +63,46 @@ def prediction_table(predictor: SAFEPredictor, manifest: Manifest, store: Featur
             "p_audio": float(choices["p_audio"][i]), "audio_budget": int(choices["audio_budget"][i]),
         }
         row.update({f"pred_b{b}": ro.preds[i][column[b]] for b in model.token_budgets})
-        row.update(probes.get(record.id, {"pred_distractor": None, "pred_silent": None, "pred_swapped": None}))
+        row.update(probes.answers.get(record.id, {"pred_distractor": None, "pred_silent": None, "pred_swapped": None}))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-@torch.no_grad()
-def _probe_answers(predictor, loader, store: FeatureStore, max_new_tokens: int, seed: int, progress: bool) -> dict:
-    """VL-only questions answered with the adapter forced on (largest budget) under three kinds of wrong audio."""
-    model = predictor.model
-    K = max(model.token_budgets)
-    rng = np.random.default_rng(seed)
-    pool = store.segments  # (N, S, D): any clip of the split's manifest is a distractor for a VL-only question
-    silent = _silent_features(predictor, store)
-    out: dict[str, dict] = {}
-    for batch in tqdm(loader, desc="robustness probes", unit="batch", disable=not progress):
+class RobustnessProbes:
+    """VL-only questions answered with the adapter forced on (largest budget) under three kinds of wrong audio, batch
+    by batch during the rollout (`add` is its `on_batch`), from the base pass's prompt prefix; `answers`: id ->
+    {pred_distractor, pred_silent, pred_swapped}."""
+
+    def __init__(self, predictor: SAFEPredictor, store: FeatureStore, max_new_tokens: int, seed: int):
+        self.model = predictor.model
+        self.max_new_tokens = max_new_tokens
+        self.rng = np.random.default_rng(seed)
+        self.pool = store.segments  # (N, S, D): any clip of the split's manifest is a distractor for a VL-only question
+        self.silent = _silent_features(predictor, store)  # (1, S, D) or None
+        self.answers: dict[str, dict] = {}
+
+    @torch.no_grad()
+    def add(self, batch, prefix: PromptPrefix) -> None:
+        model, K = self.model, max(self.model.token_budgets)
         vl_rows = (~batch.needs_audio).nonzero().flatten()
-        if len(vl_rows) == 0 or len(pool) == 0:
-            continue
+        if len(vl_rows) == 0 or len(self.pool) == 0:
+            return
         B = len(batch.records)
-        distractor = pool[torch.from_numpy(rng.integers(0, len(pool), B))]
+        distractor = self.pool[torch.from_numpy(self.rng.integers(0, len(self.pool), B))]
         swapped = batch.audio_features.roll(1, 0)
         swapped_has = batch.has_audio.roll(1, 0)
         swapped = torch.where(swapped_has.view(-1, 1, 1), swapped, distractor)  # (B, S, D)
-        answers = {}
-        silent_b = None if silent is None else silent.expand(B, -1, -1)  # (B, S, D)
+        silent = None if self.silent is None else self.silent.expand(B, -1, -1)  # (B, S, D)
         vl = model.base.batch_rows(batch.vl, vl_rows)  # only VL-only questions are probed
-        for name, feats in (("pred_distractor", distractor), ("pred_silent", silent_b), ("pred_swapped", swapped)):
+        answers = {}
+        for name, feats in (("pred_distractor", distractor), ("pred_silent", silent), ("pred_swapped", swapped)):
             if feats is None:
                 continue
-            answers[name] = model.generate_answers(vl, K, audio_features=feats[vl_rows], max_new_tokens=max_new_tokens)
+            with model.reusing_prefix(prefix.rows(vl_rows)):
+                answers[name] = model.generate_answers(vl, K, audio_features=feats[vl_rows],
+                                                       max_new_tokens=self.max_new_tokens)
         for j, i in enumerate(vl_rows.tolist()):
-            out[batch.records[i].id] = {name: preds[j] for name, preds in answers.items()}
-    return out
+            self.answers[batch.records[i].id] = {name: preds[j] for name, preds in answers.items()}
 
 
 def _silent_features(predictor, store: FeatureStore) -> torch.Tensor | None:

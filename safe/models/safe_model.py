@@ -25,6 +25,7 @@ from torch import nn
 from safe.io import atomic_write
 from safe.models.base_vl import BaseVLModel, VLBatch
 from safe.models.fusion_adapter import ADAPTER_NAME, CrossAttentionBlock, floor_gate, is_frozen_base_weight, lora_config
+from safe.models.prompt_prefix import PrefixRecorder, PromptPrefix, recording, replaying
 from safe.models.projectors import AudioProjector
 
 TRAINABLE_FILE = "safe_trainable.safetensors"
@@ -182,6 +183,21 @@ class SAFEModel(nn.Module):
             yield
         finally:
             self._context = None
+
+    # -- prompt prefixes -------------------------------------------------------------------------------------------
+    def recording_prefix(self) -> contextlib.AbstractContextManager[PrefixRecorder]:
+        """Keep what the next pass computes below the first fusion layer, the same at every budget (`PromptPrefix`):
+        `with model.recording_prefix() as rec: ...`, then `rec.prefix`."""
+        return recording(self.base.decoder_layers, self.fusion_layer_ids[0])
+
+    def reusing_prefix(self, prefix: PromptPrefix | None) -> contextlib.AbstractContextManager[None]:
+        """Passes inside over the same prompt (any budget) start at the first fusion layer from `prefix`; None: no-op."""
+        if prefix is None:
+            return contextlib.nullcontext()
+        if prefix.layer != self.fusion_layer_ids[0]:
+            raise ValueError(f"the prefix ends at decoder layer {prefix.layer}, the first fusion layer is "
+                             f"{self.fusion_layer_ids[0]}")
+        return replaying(self.base.decoder_layers, prefix)
 
     # -- budgets and audio --------------------------------------------------------------------------------------------
     def check_budgets(self, budgets: int | Sequence[int] | torch.Tensor, batch_size: int) -> torch.Tensor:

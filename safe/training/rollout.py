@@ -1,14 +1,16 @@
 """Run a trained SAFE model over a split at every token budget: the outcome tables of Stage B and evaluation.
 
 Per example: the base answer (budget 0) and its first-token logits (-> the policy state), then the answer at each
-non-zero budget with the example's own audio. Scores use the same metric as evaluation. Because the bandit's
-reward for every action is tabulated here, Stage B trains exactly and fast without re-running the model.
+non-zero budget with the example's own audio, each starting from the base pass's prompt prefix (the decoder layers
+below the first fusion block, the same at every budget: `SAFEModel.recording_prefix`). Scores use the same metric as
+evaluation. Because the bandit's reward for every action is tabulated here, Stage B trains exactly and fast without
+re-running the model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from tqdm import tqdm
 from safe.data.datasets import Batch
 from safe.eval.metrics import score
 from safe.models.base_vl import BaseVLModel
+from safe.models.prompt_prefix import PromptPrefix
 from safe.models.safe_model import SAFEModel
 from safe.rl.reward import OutcomeTable
 from safe.rl.state_features import build_state, question_features
@@ -50,17 +53,19 @@ def batch_states(base: BaseVLModel, batch: Batch, first_logits: torch.Tensor) ->
 
 @torch.no_grad()
 def _answers_with_audio(model: SAFEModel, batch: Batch, budget: int, base_answers: list[str],
-                        max_new_tokens: int) -> list[str]:
-    """Each row's answer at `budget` with its own clip. A row without a clip stays at budget 0, whose answer is
-    the base's exactly, so only the rows with a clip are generated."""
+                        max_new_tokens: int, prefix: PromptPrefix) -> list[str]:
+    """Each row's answer at `budget` with its own clip, from the base pass's `prefix`. A row without a clip stays at
+    budget 0, whose answer is the base's exactly, so only the rows with a clip are generated."""
     rows = batch.has_audio.nonzero().flatten()  # (R,)
     if len(rows) == 0:
         return list(base_answers)
     if len(rows) == len(base_answers):
-        return model.generate_answers(batch.vl, budget, audio_features=batch.audio_features,
-                                      max_new_tokens=max_new_tokens)
-    fused = model.generate_answers(model.base.batch_rows(batch.vl, rows), budget,
-                                   audio_features=batch.audio_features[rows], max_new_tokens=max_new_tokens)
+        with model.reusing_prefix(prefix):
+            return model.generate_answers(batch.vl, budget, audio_features=batch.audio_features,
+                                          max_new_tokens=max_new_tokens)
+    with model.reusing_prefix(prefix.rows(rows)):
+        fused = model.generate_answers(model.base.batch_rows(batch.vl, rows), budget,
+                                       audio_features=batch.audio_features[rows], max_new_tokens=max_new_tokens)
     answers = list(base_answers)
     for answer, i in zip(fused, rows.tolist()):
         answers[i] = answer
@@ -70,15 +75,22 @@ def _answers_with_audio(model: SAFEModel, batch: Batch, budget: int, base_answer
 @torch.no_grad()
 def rollout(
     model: SAFEModel, batches: Iterable[Batch], max_new_tokens: int = 4, progress: bool = True, desc: str = "rollout",
+    on_batch: Callable[[Batch, PromptPrefix], None] | None = None,
 ) -> Rollout:
+    """`on_batch(batch, prefix)` runs after each batch's answers, with the base pass's prompt prefix (more fused
+    passes over the same prompts can start from it: evaluation's robustness probes)."""
     budgets = model.token_budgets
     records, states, preds, scores, has, needs = [], [], [], [], [], []
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
-        base_answers, first_logits = model.generate_answers(batch.vl, 0, max_new_tokens=max_new_tokens,
-                                                            return_first_logits=True)
+        with model.recording_prefix() as recorder:
+            base_answers, first_logits = model.generate_answers(batch.vl, 0, max_new_tokens=max_new_tokens,
+                                                                return_first_logits=True)
+        prefix = recorder.prefix
         columns = [base_answers]
         for b in budgets[1:]:
-            columns.append(_answers_with_audio(model, batch, b, base_answers, max_new_tokens))
+            columns.append(_answers_with_audio(model, batch, b, base_answers, max_new_tokens, prefix))
+        if on_batch is not None:
+            on_batch(batch, prefix)
         states.append(batch_states(model.base, batch, first_logits).cpu().numpy())
         for i, record in enumerate(batch.records):
             row = [col[i] for col in columns]

@@ -143,11 +143,13 @@ class StageATrainer:
         feats, budgets = self._audio_plan(batch, batch_index)
         window = answer_window(batch.vl.labels)
         labels = batch.vl.labels[:, -window:]  # (B, W): the answers' end of the batch
-        # logits (B, W, V); gates (B, L): the learned gate of each fusion block
-        logits, gates = self.train_model(batch.vl, budgets, audio_features=feats, return_gates=True,
-                                         logits_to_keep=window)
-        with torch.no_grad():
+        with torch.no_grad(), self.model.recording_prefix() as recorder:
             teacher = self.model(batch.vl, 0, logits_to_keep=window)  # budget 0 == the frozen base, exactly
+        # The student starts from the teacher's prompt prefix: the frozen layers below the first fusion block.
+        # logits (B, W, V); gates (B, L): the learned gate of each fusion block
+        with self.model.reusing_prefix(recorder.prefix):
+            logits, gates = self.train_model(batch.vl, budgets, audio_features=feats, return_gates=True,
+                                             logits_to_keep=window)
         needs = batch.needs_audio.to(logits.device)
         task_labels = labels.masked_fill(~needs.unsqueeze(1), -100)
         vl_positions = answer_positions(labels) & (~needs).unsqueeze(1)

@@ -234,9 +234,9 @@ def time_budgets(model: Any, examples: Sequence[TimingExample], max_new_tokens: 
 
     base: prompt encoding + the base answer, what every example costs. With `use_waveforms`, the model's audio
     encoder on the waveform (`encode_audio`, timed once: it does not depend on the budget) and then the fused generate
-    at each budget k > 0 on those features, which is what `generate_answers(..., waveforms=...)` runs; otherwise the
-    fused generate on the cached features (the encoder's time is not counted: 0). The first `warmup` examples are run
-    once untimed first.
+    at each budget k > 0 on those features, from the base pass's prompt prefix as the predictor runs it; otherwise
+    the fused generate on the cached features (the encoder's time is not counted: 0). The first `warmup` examples
+    are run once untimed first.
     """
     budgets = tuple(model.token_budgets)
     if not examples:
@@ -255,13 +255,19 @@ def time_budgets(model: Any, examples: Sequence[TimingExample], max_new_tokens: 
 
     def one(example):
         batch, t_prompt = clocked(lambda: model.base.encode([example.question], [example.image]))
-        _, t_base = clocked(lambda: model.generate_answers(batch, 0, max_new_tokens=max_new_tokens))
+        with model.recording_prefix() as recorder:
+            _, t_base = clocked(lambda: model.generate_answers(batch, 0, max_new_tokens=max_new_tokens))
         if use_waveforms:
             feats, t_enc = clocked(lambda: model.encode_audio([example.waveform]))
         else:
             feats, t_enc = example.features[None], 0.0
-        gen = [clocked(lambda: model.generate_answers(batch, k, audio_features=feats,
-                                                      max_new_tokens=max_new_tokens))[1] for k in budgets[1:]]
+
+        def fused(k: int) -> float:
+            with model.reusing_prefix(recorder.prefix):  # as the predictor does
+                return clocked(lambda: model.generate_answers(batch, k, audio_features=feats,
+                                                              max_new_tokens=max_new_tokens))[1]
+
+        gen = [fused(k) for k in budgets[1:]]
         return t_prompt + t_base, t_enc, gen
 
     for example in examples[:warmup]:
