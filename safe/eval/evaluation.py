@@ -16,11 +16,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from safe.data.datasets import LlavaCollator, ManifestDataset
+from safe.data.datasets import Batch, LlavaCollator, ManifestDataset
 from safe.data.features import FeatureStore
 from safe.data.manifest import Manifest
 from safe.inference import SAFEPredictor, gate_choices
 from safe.models.prompt_prefix import PromptPrefix
+from safe.models.safe_model import SAFEModel
 from safe.training.rollout import rollout
 
 
@@ -49,7 +50,7 @@ def prediction_table(predictor: SAFEPredictor, manifest: Manifest, store: Featur
         raise ValueError(f"{manifest.path}: no examples in split {split!r}")
     collate = LlavaCollator(model.base, store.embed_dim, with_answers=False)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
-    probes = RobustnessProbes(predictor, store, max_new_tokens, seed)
+    probes = RobustnessProbes(model, store, max_new_tokens, seed)
     ro = rollout(model, loader, max_new_tokens, progress=progress, desc=f"evaluate[{split}]", on_batch=probes.add)
     choices = gate_choices(predictor.gate, ro.states, ro.has_audio)
     budgets = choices["budget"]
@@ -73,16 +74,16 @@ class RobustnessProbes:
     by batch during the rollout (`add` is its `on_batch`), from the base pass's prompt prefix; `answers`: id ->
     {pred_distractor, pred_silent, pred_swapped}."""
 
-    def __init__(self, predictor: SAFEPredictor, store: FeatureStore, max_new_tokens: int, seed: int):
-        self.model = predictor.model
+    def __init__(self, model: SAFEModel, store: FeatureStore, max_new_tokens: int, seed: int):
+        self.model = model
         self.max_new_tokens = max_new_tokens
         self.rng = np.random.default_rng(seed)
         self.pool = store.segments  # (N, S, D): any clip of the split's manifest is a distractor for a VL-only question
-        self.silent = _silent_features(predictor, store)  # (1, S, D) or None
+        self.silent = _silent_features(model)  # (1, S, D) or None
         self.answers: dict[str, dict] = {}
 
     @torch.no_grad()
-    def add(self, batch, prefix: PromptPrefix) -> None:
+    def add(self, batch: Batch, prefix: PromptPrefix) -> None:
         model, K = self.model, max(self.model.token_budgets)
         vl_rows = (~batch.needs_audio).nonzero().flatten()
         if len(vl_rows) == 0 or len(self.pool) == 0:
@@ -105,8 +106,8 @@ class RobustnessProbes:
             self.answers[batch.records[i].id] = {name: preds[j] for name, preds in answers.items()}
 
 
-def _silent_features(predictor, store: FeatureStore) -> torch.Tensor | None:
-    encoder = predictor.model.audio_encoder
+def _silent_features(model: SAFEModel) -> torch.Tensor | None:
+    encoder = model.audio_encoder
     if encoder is None:
         return None
     return encoder.encode([np.zeros(16000, dtype=np.float32)]).segments.float().cpu()  # (1, S, D)

@@ -190,10 +190,8 @@ class SAFEModel(nn.Module):
         `with model.recording_prefix() as rec: ...`, then `rec.prefix`."""
         return recording(self.base.decoder_layers, self.fusion_layer_ids[0])
 
-    def reusing_prefix(self, prefix: PromptPrefix | None) -> contextlib.AbstractContextManager[None]:
-        """Passes inside over the same prompt (any budget) start at the first fusion layer from `prefix`; None: no-op."""
-        if prefix is None:
-            return contextlib.nullcontext()
+    def reusing_prefix(self, prefix: PromptPrefix) -> contextlib.AbstractContextManager[None]:
+        """Passes inside, over the prompts `prefix` was recorded on (any budget), start at the first fusion layer."""
         if prefix.layer != self.fusion_layer_ids[0]:
             raise ValueError(f"the prefix ends at decoder layer {prefix.layer}, the first fusion layer is "
                              f"{self.fusion_layer_ids[0]}")
