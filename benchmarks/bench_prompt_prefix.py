@@ -44,6 +44,7 @@ def main() -> dict:
     from safe.data.manifest import read_manifest
     from safe.inference import load_safe_model
     from safe.provenance import provenance
+    from safe.training.losses import answer_window
 
     model = load_safe_model(STAGE_A, with_encoder=False)
     manifest, store = read_manifest(MANIFEST), FeatureStore.load(FEATURES)
@@ -74,7 +75,7 @@ def main() -> dict:
                 same += sum(a == b for a, b in zip(full, fast))
                 answers_total += len(full)
     for batch in batches[True]:
-        window = int((batch.vl.labels != -100).sum(1).max()) + 1
+        window = answer_window(batch.vl.labels)  # as Stage A's loss keeps it
 
         def step(reuse: bool) -> None:
             with torch.no_grad(), model.recording_prefix() as recorder:

@@ -95,11 +95,12 @@ class RobustnessProbes:
         swapped = torch.where(swapped_has.view(-1, 1, 1), swapped, distractor)  # (B, S, D)
         silent = None if self.silent is None else self.silent.expand(B, -1, -1)  # (B, S, D)
         vl = model.base.batch_rows(batch.vl, vl_rows)  # only VL-only questions are probed
+        vl_prefix = prefix.rows(vl_rows)  # selected once for the three probes
         answers = {}
         for name, feats in (("pred_distractor", distractor), ("pred_silent", silent), ("pred_swapped", swapped)):
             if feats is None:
                 continue
-            with model.reusing_prefix(prefix.rows(vl_rows)):
+            with model.reusing_prefix(vl_prefix):
                 answers[name] = model.generate_answers(vl, K, audio_features=feats[vl_rows],
                                                        max_new_tokens=self.max_new_tokens)
         for j, i in enumerate(vl_rows.tolist()):

@@ -53,17 +53,15 @@ def batch_states(base: BaseVLModel, batch: Batch, first_logits: torch.Tensor) ->
 
 @torch.no_grad()
 def _answers_with_audio(model: SAFEModel, batch: Batch, budget: int, base_answers: list[str],
-                        max_new_tokens: int, prefix: PromptPrefix) -> list[str]:
-    """Each row's answer at `budget` with its own clip, from the base pass's `prefix`. A row without a clip stays at
-    budget 0, whose answer is the base's exactly, so only the rows with a clip are generated."""
-    rows = batch.has_audio.nonzero().flatten()  # (R,)
+                        max_new_tokens: int, rows: torch.Tensor, rows_prefix: PromptPrefix) -> list[str]:
+    """Each row's answer at `budget` with its own clip. A row without a clip stays at budget 0, whose answer is
+    the base's exactly, so only the `rows` (R,) with a clip are generated, from the base pass's prefix of those rows."""
     if len(rows) == 0:
         return list(base_answers)
-    if len(rows) == len(base_answers):
-        with model.reusing_prefix(prefix):
+    with model.reusing_prefix(rows_prefix):
+        if len(rows) == len(base_answers):
             return model.generate_answers(batch.vl, budget, audio_features=batch.audio_features,
                                           max_new_tokens=max_new_tokens)
-    with model.reusing_prefix(prefix.rows(rows)):
         fused = model.generate_answers(model.base.batch_rows(batch.vl, rows), budget,
                                        audio_features=batch.audio_features[rows], max_new_tokens=max_new_tokens)
     answers = list(base_answers)
@@ -86,9 +84,11 @@ def rollout(
             base_answers, first_logits = model.generate_answers(batch.vl, 0, max_new_tokens=max_new_tokens,
                                                                 return_first_logits=True)
         prefix = recorder.prefix
+        rows = batch.has_audio.nonzero().flatten()  # (R,) the rows with a clip
+        rows_prefix = prefix if len(rows) in (0, len(base_answers)) else prefix.rows(rows)  # once for every budget
         columns = [base_answers]
         for b in budgets[1:]:
-            columns.append(_answers_with_audio(model, batch, b, base_answers, max_new_tokens, prefix))
+            columns.append(_answers_with_audio(model, batch, b, base_answers, max_new_tokens, rows, rows_prefix))
         if on_batch is not None:
             on_batch(batch, prefix)
         states.append(batch_states(model.base, batch, first_logits).cpu().numpy())

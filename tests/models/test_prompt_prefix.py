@@ -56,6 +56,7 @@ def test_generation_from_the_prefix_gives_the_full_pass_answers_and_logits(model
         assert torch.equal(replayed[1], full[1])
         assert lower.calls == full_calls - 1  # the prompt step skipped layer 0; each new token ran it
         lower.calls = 0
+    lower.handle.remove()  # the tiny base is shared by the session's tests
     base_answers = model.generate_answers(prompts, 0, max_new_tokens=4)
     assert full[0] != base_answers  # the adapter changed answers, so the check above compared fused passes
 
