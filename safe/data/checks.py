@@ -31,7 +31,7 @@ from safe.data.media import MediaError, audio_info, load_image, scan_audio
 from safe.environment import set_environment
 from safe.io import write_text_atomic
 
-SYNTH_FAMILIES = ("vl", "vl_distractor", "audio", "audio_order", "audio_visual", "silent_control")
+SYNTH_FAMILIES = ("vl", "vl_distractor", "audio", "audio_order", "audio_visual", "audio_sequence", "silent_control")
 MANIFEST_COLUMNS = ("id", "split", "source", "family", "question", "answer", "image", "audio", "needs_audio")
 _TEXT_COLUMNS = ("split", "source", "family", "question", "answer")
 _RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": ["id"]}
@@ -374,7 +374,9 @@ def media_expectations(audio_seconds: tuple[float, float | None], sample_rates: 
     exp = [E("expect_column_values_to_be_null", "every image exists and decodes", column="image_error"),
            E("expect_column_values_to_be_null", "every clip exists and decodes", column="audio_error"),
            E("expect_column_values_to_be_between", "clip durations in the accepted range (data settings)",
-             column="audio_seconds", min_value=audio_seconds[0], max_value=audio_seconds[1])]
+             column="audio_seconds", min_value=audio_seconds[0], max_value=audio_seconds[1]),
+           E("expect_column_values_to_be_between", "every audio_span ends inside its clip (50 ms slack)",
+             column="audio_span_past_end_s", max_value=SPAN_SLACK_S)]
     if sample_rates is not None:
         exp.append(E("expect_column_values_to_be_in_set", "sample rates in data.sample_rates",
                      column="audio_sample_rate", value_set=[int(r) for r in sample_rates]))
@@ -384,6 +386,7 @@ def media_expectations(audio_seconds: tuple[float, float | None], sample_rates: 
     return exp
 
 
+SPAN_SLACK_S = 0.05
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
 """Rates accepted when data.sample_rates is null: what soxr (the loader's resampler) handles."""
 
@@ -412,6 +415,9 @@ def _read_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
                 continue
             given = raw.get("id")
             row = {k: raw.get(k) for k in MANIFEST_COLUMNS if k in raw}
+            span = raw.get("audio_span")
+            row["_span_end"] = float(span[1]) if isinstance(span, list) and len(span) == 2 and isinstance(
+                span[1], (int, float)) and not isinstance(span[1], bool) else None
             row["_id_field"] = given if isinstance(given, str) and given.strip() else None
             row["id"] = row["_id_field"] or f"line {lineno}"
             for col in _TEXT_COLUMNS:  # keep regex/set checks well-defined on odd types
@@ -446,6 +452,10 @@ def _add_media_columns(df: pd.DataFrame, root: Path, decode_audio: bool, workers
     df["audio_error"] = [_error(f[0], f[1], f[4], rel) for f, rel in zip(audio_facts, audios)]
     df["audio_seconds"] = pd.array([f[2] for f in audio_facts], dtype="Float64")
     df["audio_sample_rate"] = pd.array([f[3] for f in audio_facts], dtype="Int64")
+    span_end = df["_span_end"] if "_span_end" in df.columns else pd.Series([None] * len(df))
+    df["audio_span_past_end_s"] = pd.array(  # how far a row's audio_span ends after its clip (null: no span)
+        [None if e is None or pd.isna(e) or pd.isna(s) else e - s for e, s in zip(span_end, df["audio_seconds"])],
+        dtype="Float64")
 
 
 def _error(exists: bool | None, readable: bool | None, message: str, rel: Any) -> str | None:

@@ -73,6 +73,7 @@ class Batch:
     has_audio: torch.Tensor  # (B,) bool
     needs_audio: torch.Tensor  # (B,) bool
     waveforms: list[np.ndarray | None]
+    audio_spans: torch.Tensor | None = None  # (B, 2) where the answer plays, as shares of the clip; NaN: not known
 
     @property
     def answers(self) -> list[str]:
@@ -84,6 +85,7 @@ class Batch:
             self, vl=self.vl.to(device), audio_features=self.audio_features.to(device),
             audio_stats=self.audio_stats.to(device), has_audio=self.has_audio.to(device),
             needs_audio=self.needs_audio.to(device),
+            audio_spans=None if self.audio_spans is None else self.audio_spans.to(device),
         )
 
 
@@ -129,8 +131,17 @@ class LlavaCollator:
         return Batch(
             vl=vl, records=records, audio_features=feats, audio_stats=torch.stack([e.audio_stats for e in examples]),
             has_audio=has, needs_audio=torch.tensor([r.needs_audio for r in records], dtype=torch.bool),
-            waveforms=[e.waveform for e in examples],
+            waveforms=[e.waveform for e in examples], audio_spans=torch.stack([_span_share(e) for e in examples]),
         )
+
+
+def _span_share(example: Example) -> torch.Tensor:
+    """The record's `audio_span` as (start, end) shares of its clip's duration (2,); NaN without a span or a
+    known duration (the cached stats hold it)."""
+    span, seconds = example.record.audio_span, float(example.audio_stats[STAT_NAMES.index("duration_s")])
+    if span is None or seconds <= 0:
+        return torch.full((2,), float("nan"))
+    return (torch.tensor(span, dtype=torch.float32) / seconds).clamp(0.0, 1.0)
 
 
 class BalancedBatchSampler(Sampler[list[int]]):

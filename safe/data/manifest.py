@@ -11,6 +11,7 @@ file and line, and `on_error="skip"` drops the row but lists it in `Manifest.ski
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -23,7 +24,7 @@ SPLITS = ("train", "val", "test")
 # Field name -> (allowed Python types, required). `bool` is checked separately because it subclasses int.
 _REQUIRED_STR = ("id", "split", "source", "family", "question", "answer")
 _OPTIONAL_PATH = ("image", "audio")
-KNOWN_FIELDS = (*_REQUIRED_STR, "answers", *_OPTIONAL_PATH, "needs_audio", "extras")
+KNOWN_FIELDS = (*_REQUIRED_STR, "answers", *_OPTIONAL_PATH, "needs_audio", "audio_span", "extras")
 
 
 class ManifestError(ValueError):
@@ -42,7 +43,9 @@ class ManifestRecord:
     """One example. `image`/`audio` are paths relative to the manifest folder (posix), or None.
 
     Unknown keys found in a JSON row are kept in `extras` (merged with an explicit `extras` object), so
-    adapters can carry dataset-specific attributes without changing the schema.
+    adapters can carry dataset-specific attributes without changing the schema. `audio_span` (start, end) in seconds
+    is where in the clip the answer is heard, when the source knows it (a timestamped event): Stage A's grounding
+    loss points the fusion attention there.
     """
 
     id: str
@@ -55,12 +58,15 @@ class ManifestRecord:
     audio: str | None = None
     needs_audio: bool = False
     answers: tuple[str, ...] | None = None
+    audio_span: tuple[float, float] | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Accept a list for convenience but store a tuple so the frozen record is really immutable/hashable-ish.
         if self.answers is not None and not isinstance(self.answers, tuple):
             object.__setattr__(self, "answers", tuple(self.answers))
+        if isinstance(self.audio_span, list):
+            object.__setattr__(self, "audio_span", tuple(self.audio_span))
         problem = _validate(self)
         if problem:
             raise ManifestError(f"record {self.id!r}: {problem}", reason=problem)
@@ -80,6 +86,8 @@ class ManifestRecord:
         out["image"] = self.image
         out["audio"] = self.audio
         out["needs_audio"] = self.needs_audio
+        if self.audio_span is not None:
+            out["audio_span"] = list(self.audio_span)
         if self.extras:
             out["extras"] = dict(self.extras)
         return out
@@ -122,6 +130,7 @@ class ManifestRecord:
                 audio=row.get("audio"),
                 needs_audio=row["needs_audio"],
                 answers=tuple(answers) if answers is not None else None,
+                audio_span=row.get("audio_span"),
                 extras={**extras, **unknown},
             )
         except ManifestError as err:
@@ -168,6 +177,20 @@ def _validate(rec: ManifestRecord) -> str | None:
         return "example has neither 'image' nor 'audio'"
     if not isinstance(rec.extras, Mapping):
         return f"field 'extras' must be an object, got {_jtype(rec.extras)}"
+    return _span_problem(rec)
+
+
+def _span_problem(rec: ManifestRecord) -> str | None:
+    span = rec.audio_span
+    if span is None:
+        return None
+    if not isinstance(span, tuple) or len(span) != 2 or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in span):
+        return f"field 'audio_span' must be [start, end] in seconds (two finite numbers) or null, got {span!r}"
+    if not 0 <= span[0] < span[1]:
+        return f"field 'audio_span' {list(span)} needs 0 <= start < end (seconds into the clip)"
+    if rec.audio is None:
+        return "field 'audio_span' is set but 'audio' is null"
     return None
 
 

@@ -76,6 +76,8 @@ def defect_report(tmp_path_factory) -> CheckReport:
     (root / "images" / "broken-image.png").write_bytes(data[: len(data) // 2])
     rows.append(_row(29, "audio", root, id="needs-but-none", audio=None))
     rows.append(_row(30, "vl", root, id="ex00"))  # duplicate id
+    rows.append(_row(31, "audio", root, id="span-past-end", audio_span=[0.2, 0.9]))  # the clip lasts 0.5 s
+    rows.append(_row(32, "audio", root, id="span-inside", audio_span=[0.1, 0.5]))
     path = _write(root, rows, extra_lines=('{"id": "half a row', ))
     return validate_manifest(path, audio_seconds=(0.05, 2.0), sample_rates=(16000,))
 
@@ -94,6 +96,7 @@ def defect_report(tmp_path_factory) -> CheckReport:
         ("expect_column_values_to_be_null", "image_error", "broken-image"),
         ("expect_column_values_to_not_be_null", "audio", "needs-but-none"),
         ("expect_column_values_to_be_unique", "id", "ex00"),
+        ("expect_column_values_to_be_between", "audio_span_past_end_s", "span-past-end"),
     ],
 )
 def test_each_planted_defect_is_caught_with_its_row(defect_report, expectation, column, row):
@@ -105,7 +108,7 @@ def test_each_planted_defect_is_caught_with_its_row(defect_report, expectation, 
 
 def test_defects_do_not_flag_clean_rows(defect_report):
     flagged = {r for f in defect_report.failures for r in f.rows}
-    assert not flagged & {"ex01", "ex02", "ex03", "ex04"}
+    assert not flagged & {"ex01", "ex02", "ex03", "ex04", "span-inside"}
     assert _failure(defect_report, "expect_column_values_to_be_null", "audio_error").rows == ("garbage-audio",)
 
 
@@ -116,7 +119,7 @@ def test_media_failures_say_why_and_json_round_trips(defect_report, tmp_path):
     gone = broken.reasons["gone-image"]  # the path as the manifest writes it, then as resolved
     assert gone.startswith("images/nope.png (") and gone.endswith("images/nope.png): file not found")
     assert "corrupt" in broken.reasons["broken-image"] or "truncated" in broken.reasons["broken-image"]
-    assert _failure(defect_report, "valid_json_line", None).rows == ("line 17",)
+    assert _failure(defect_report, "valid_json_line", None).rows == ("line 19",)
     saved = json.loads(defect_report.write_json(tmp_path / "report.json").read_text())
     assert saved["success"] is False and saved == json.loads(json.dumps(defect_report.to_json()))
 

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from safe.data.datasets import BalancedBatchSampler
 
@@ -53,3 +54,17 @@ def test_balanced_sampler_weights_sources_and_families():
     with pytest.raises(ValueError, match="every audio-dependent example has weight 0"):
         BalancedBatchSampler([r.needs_audio for r in records], 20, 0.5,
                              weights=example_weights(records, {"clotho": 0, "audiocaps": 0}, {}))
+
+
+def test_a_records_audio_span_reaches_the_batch_as_shares_of_its_clip():
+    from safe.data.datasets import Example, _span_share
+    from safe.data.manifest import ManifestRecord
+
+    def example(span, seconds):
+        record = ManifestRecord(id="a", split="train", source="s", family="audio_sequence", question="q?",
+                                answer="dog", audio="a.wav", needs_audio=True, audio_span=span)
+        return Example(record, None, None, torch.tensor([0.1, 0.5, seconds]), None)
+
+    torch.testing.assert_close(_span_share(example((0.6, 1.2), 2.4)), torch.tensor([0.25, 0.5]))
+    assert _span_share(example((0.6, 3.0), 2.4))[1].item() == 1.0  # past the end: clipped to the clip
+    assert _span_share(example(None, 2.4)).isnan().all() and _span_share(example((0.1, 0.2), 0.0)).isnan().all()

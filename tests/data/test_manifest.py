@@ -103,6 +103,10 @@ BAD_ROWS = {
     "empty answer": ({**_record(5).to_json(), "answer": "  "}, "field 'answer' is empty"),
     "needs audio without audio": ({**_record(5).to_json(), "needs_audio": True}, "'audio' is null"),
     "no media": ({**_record(5).to_json(), "image": None}, "neither 'image' nor 'audio'"),
+    "span backwards": ({**_record(5, audio="a.wav").to_json(), "audio_span": [1.2, 0.4]}, "needs 0 <= start < end"),
+    "span not two numbers": ({**_record(5, audio="a.wav").to_json(), "audio_span": [0.1]},
+                             "'audio_span' must be [start, end] in seconds"),
+    "span without audio": ({**_record(5).to_json(), "audio_span": [0.1, 0.2]}, "'audio_span' is set but 'audio'"),
     "duplicate id": (_record(0).to_json(), "duplicate id 'ex-0' (first seen on line 1)"),
 }
 
