@@ -9,10 +9,14 @@ Every example has a rendered image (1-4 coloured shapes) and, depending on its f
 | audio           | animal / beeps / tone / sweep / speech | the audio        | True        |
 | audio_visual    | beeps or animal                 | both                    | True        |
 | audio_order     | two different sounds, in turn   | which sound came first  | True        |
+| audio_sequence  | 12 sounds back to back, 2.4 s   | the first or second one | True        |
 | silent_control  | near-silence                    | the audio (answer none) | True        |
 
 `audio_order` needs time: its clip holds two short events (a beep, a hum, a whistle or an animal) one after the
 other, and its answer is the name of the earlier one, so a pooled summary of the clip cannot tell it.
+`audio_sequence` needs temporal detail: the first three of its 12 sounds differ and share the clip's first quarter,
+so the coarse tokens (budget 4) cannot tell the first from the second; budget 8 adds the first twelfth, budget 12
+the second. Its rows carry `audio_span`, where the asked sound plays (Stage A's grounding loss).
 
 Audio-family examples carry an image too (a random scene the answer does not depend on), so the frozen
 LLaVA-style base model always sees an image, as it would in deployment.
@@ -56,12 +60,12 @@ from safe.data.media import write_png, write_wav
 from safe.data.sounds import animal_recordings
 
 SR = 16000
-FAMILY_MIX = {"vl": 0.30, "vl_distractor": 0.25, "audio": 0.17, "audio_order": 0.10, "audio_visual": 0.08,
-              "silent_control": 0.10}
-"""Share of each family in every split (sums to 1). `audio_order` took its share from `audio` and `audio_visual`, so
-the audio-dependent share is what it was before that family existed."""
+FAMILY_MIX = {"vl": 0.30, "vl_distractor": 0.25, "audio": 0.13, "audio_order": 0.08, "audio_visual": 0.07,
+              "audio_sequence": 0.10, "silent_control": 0.07}
+"""Share of each family in every split (sums to 1). `audio_order` and `audio_sequence` took their shares from the
+other audio-dependent families, so the audio-dependent share is what it was before they existed."""
 FAMILIES = tuple(FAMILY_MIX)
-AUDIO_FAMILIES = ("audio", "audio_order", "audio_visual", "silent_control")
+AUDIO_FAMILIES = ("audio", "audio_order", "audio_visual", "audio_sequence", "silent_control")
 """The families whose questions need the audio (`needs_audio`)."""
 SPLIT_SHARES = {"train": 0.70, "val": 0.15, "test": 0.15}
 HELDOUT_SHARE = 0.5
@@ -160,6 +164,12 @@ TEMPLATES: dict[str, Phrasings] = {
         ("which one starts earlier, the {sound_a} or the {sound_b}?",
          "which is heard before the other, the {sound_a} or the {sound_b}?"),
         ("of the {sound_a} and the {sound_b}, which one came first?",),
+    ),
+    "sound_position": Phrasings(
+        ("what is the {position} sound?", "which sound do you hear {position}?", "name the {position} sound in the clip.",
+         "what sound comes {position}?", "tell me the {position} sound you hear.", "which sound is played {position}?"),
+        ("what can be heard {position} in the recording?", "the {position} sound in the audio is which one?"),
+        ("identify the {position} sound of the clip.",),
     ),
     "beeps_match_shapes": Phrasings(
         ("does the number of beeps match the number of shapes?", "are there as many beeps as shapes?",
@@ -399,21 +409,23 @@ def order_clip(rng: np.random.Generator, first: str, second: str, n: int) -> tup
 
 
 def sequence_clip(
-    rng: np.random.Generator, k: int, n: int, kinds: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    rng: np.random.Generator, k: int, n: int, kinds: np.ndarray | None = None, with_spans: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """k `ORDER_SOUNDS` back to back, one in each k-th of the clip (60-85% of its slot, at a random level) -> (wave,
-    (k,) sound indices); `kinds` (k,) fixes the sounds, else they are drawn. `benchmarks/bench_segment_probe.py`
-    measures what each budget's features hold about the sound at one position (docs/EXPERIMENTS.md#sequence-probe);
-    as a demo family it was not learned (docs/EXPERIMENTS.md#sequence-family, #sequence-budgets)."""
+    (k,) sound indices), plus each sound's (start, end) sample with `with_spans`; `kinds` (k,) fixes the sounds,
+    else they are drawn. `benchmarks/bench_segment_probe.py` measures what each budget's features hold about the
+    sound at one position (docs/EXPERIMENTS.md#sequence-probe)."""
     slot = n // k
     if kinds is None:
         kinds = rng.integers(0, len(ORDER_SOUNDS), size=k)
     wave = np.zeros(n, dtype=np.float32)
+    spans = []
     for i, kind in enumerate(kinds):
         m = int(slot * rng.uniform(0.6, 0.85))
         start = i * slot + int(rng.integers(0, slot - m + 1))
         wave[start : start + m] = event_sound(rng, ORDER_SOUNDS[int(kind)], m) * rng.uniform(0.5, 1.0)
-    return _finish(rng, wave), kinds
+        spans.append((start, start + m))
+    return (_finish(rng, wave), kinds, spans) if with_spans else (_finish(rng, wave), kinds)
 
 
 def silent_clip(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -576,6 +588,26 @@ def _order_question(rng: np.random.Generator, split: str, n_samples: int) -> tup
     return wave, question, first, {**meta, "kind": "order", "first": first, "second": second, "onsets_s": onsets}
 
 
+SEQUENCE_SECONDS = 2.4
+SEQUENCE_SLOTS = 12
+SEQUENCE_POSITIONS = ("first", "second")
+
+
+def _sequence_question(rng: np.random.Generator, split: str) -> tuple[np.ndarray, str, str, dict[str, Any]]:
+    """12 sounds back to back in 2.4 s, the first three all different; which is the first or the second. The
+    first quarter holds three sounds, so only the fine tokens (budget 8 for the first, 12 for the second) tell
+    them apart; `audio_span` is where the asked sound plays."""
+    head = rng.choice(len(ORDER_SOUNDS), size=3, replace=False)
+    kinds = np.concatenate([head, rng.integers(0, len(ORDER_SOUNDS), size=SEQUENCE_SLOTS - 3)])
+    wave, kinds, spans = sequence_clip(rng, SEQUENCE_SLOTS, int(SEQUENCE_SECONDS * SR), kinds, with_spans=True)
+    pos = int(rng.integers(len(SEQUENCE_POSITIONS)))
+    question, meta = _phrase(rng, "sound_position", split, position=SEQUENCE_POSITIONS[pos])
+    sounds = [ORDER_SOUNDS[int(k)] for k in kinds]
+    span = [round(spans[pos][0] / SR, 4), round(spans[pos][1] / SR, 4)]
+    return wave, question, sounds[pos], {**meta, "kind": "sequence", "position": pos, "sounds": sounds,
+                                         "audio_span": span}
+
+
 # ----------------------------------------------------------------------------------------------- examples
 
 
@@ -606,6 +638,10 @@ def _make_example(
         wave, question, answer, extras = _order_question(rng, split, cfg.n_samples)
         scene = _sample_scene(rng, int(rng.integers(1, 5)))  # an image the answer does not depend on
         extras.update(_scene_meta(scene))
+    elif family == "audio_sequence":
+        wave, question, answer, extras = _sequence_question(rng, split)
+        scene = _sample_scene(rng, int(rng.integers(1, 5)))  # an image the answer does not depend on
+        extras.update(_scene_meta(scene))
     elif family in ("audio", "silent_control"):
         kind = cfg.audio_kinds[int(rng.integers(len(cfg.audio_kinds)))]
         question, extras = _phrase(rng, AUDIO_KIND_TEMPLATE[kind], split)
@@ -626,6 +662,7 @@ def _make_example(
         "question": question,
         "answer": answer,
         "needs_audio": family in AUDIO_FAMILIES,
+        "audio_span": extras.pop("audio_span", None),
         "extras": extras,
     }
     return f"synth-{index:06d}", fields, image, wave

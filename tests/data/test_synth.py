@@ -114,7 +114,8 @@ def test_split_sizes_and_family_mix(bench):
         for family, share in synth.FAMILY_MIX.items():
             assert abs(counts[family] / n - share) <= 1.0 / n + 1e-9, (split, family, counts)
     for r in bench:
-        assert r.needs_audio == (r.family in ("audio", "audio_order", "audio_visual", "silent_control"))
+        assert r.needs_audio == (r.family in ("audio", "audio_order", "audio_visual", "audio_sequence",
+                                              "silent_control"))
         assert (r.audio is None) == (r.family == "vl")
         assert r.image is not None and r.source == "synth"
 
@@ -195,6 +196,8 @@ def test_answers_follow_from_the_ground_truth(bench):
             named = {_slot(r, "sound_a"), _slot(r, "sound_b")}
             assert named == {x["first"], x["second"]} and x["first"] != x["second"] and r.answer == x["first"]
             assert x["onsets_s"][0] < x["onsets_s"][1]
+        elif t == "sound_position":
+            assert r.answer == x["sounds"][x["position"]] and _slot(r, "position") in synth.SEQUENCE_POSITIONS
         elif t == "color_and_animal":
             assert _slot(r, "a_animal").split()[-1] == x["asked_animal"]
             both = x["asked_color"] in {c for c, _ in objs} and x["asked_animal"] == x["animal"]
@@ -228,7 +231,7 @@ def test_media_are_readable_and_match_the_labels(bench):
         if r.audio is None:
             continue
         wave = load_audio(bench.resolve(r.audio))
-        assert wave.shape == (16000,)
+        assert wave.shape == ((int(synth.SEQUENCE_SECONDS * 16000),) if r.family == "audio_sequence" else (16000,))
         kind = r.extras["kind"]
         if kind == "silence":
             assert np.abs(wave).max() < 0.01
@@ -353,3 +356,31 @@ def test_order_generator_is_deterministic(tmp_path):
     assert rows_a and [(r.id, r.question, r.answer) for r in rows_a] == [(r.id, r.question, r.answer) for r in rows_b]
     for ra, rb in zip(rows_a, rows_b):
         assert a.resolve(ra.audio).read_bytes() == b.resolve(rb.audio).read_bytes()
+
+
+def test_sequence_family_asks_the_first_or_second_of_twelve_sounds_and_says_where_it_plays(bench):
+    """The answer is the sound in the asked slot; `audio_span` covers that sound and nothing of the next slot, so
+    Stage A's grounding loss points at the twelfth that holds it."""
+    rows = [r for r in bench if r.family == "audio_sequence"]
+    assert rows and all(r.needs_audio and r.extras["template"] == "sound_position" for r in rows)
+    slot = synth.SEQUENCE_SECONDS / synth.SEQUENCE_SLOTS
+    for r in rows:
+        pos = r.extras["position"]
+        assert r.answer == r.extras["sounds"][pos] and synth.SEQUENCE_POSITIONS[pos] in r.question
+        assert len(set(r.extras["sounds"][:3])) == 3  # the first quarter cannot tell first from second
+        start, end = r.audio_span
+        assert pos * slot <= start < end <= (pos + 1) * slot + 1e-6 and end - start >= 0.6 * slot - 1e-3
+    assert all(r.audio_span is None for r in bench if r.family != "audio_sequence")
+
+
+def test_sequence_clip_spans_are_where_each_sound_is_loud():
+    """Inside its slot, a sound's span is loud and the rest is the background noise alone."""
+    rng = np.random.default_rng(4)
+    n, k = 38400, 12
+    wave, kinds, spans = synth.sequence_clip(rng, k, n, with_spans=True)
+    slot = n // k
+    for i, (start, end) in enumerate(spans):
+        assert i * slot <= start < end <= (i + 1) * slot
+        rest = np.concatenate([wave[i * slot:start], wave[end:(i + 1) * slot]])
+        if len(rest) > 20:
+            assert np.sqrt((wave[start:end] ** 2).mean()) > 2 * np.sqrt((rest ** 2).mean())
