@@ -152,9 +152,10 @@ class ModelConfig:
     fusion_init: str = "random"
     """Frozen q/k/v under each fusion block's LoRA: `random` (seeded) or `host` (the decoder layer's attention)."""
     fusion_gate_reads: str = "first"
-    """Where each fusion block's gate reads the question (`SAFEArchitecture.gate_reads`): `first`, the first fusion
-    layer's states, which no clip has touched yet (docs/EXPERIMENTS.md#gate-reads-the-question); `fused`, each
-    block's own layer, after earlier blocks added audio."""
+    """Where each fusion block's gate reads the question (`SAFEArchitecture.gate_reads`): `words`, the LM's input
+    embeddings, a word at a time (docs/EXPERIMENTS.md#grounding); `first`, the first fusion layer's states, which no
+    clip has touched yet (docs/EXPERIMENTS.md#gate-reads-the-question); `fused`, each block's own layer, after earlier
+    blocks added audio."""
     fusion_gate_floor: float = 0.0
     """A fusion block whose learned gate is below this value adds nothing for that example (the gate becomes 0): a
     question the gate leans against audio keeps the base answer exactly, whatever clip comes with it. 0: off."""
@@ -173,8 +174,8 @@ class ModelConfig:
         _check(self.text_hidden % self.fusion_heads == 0, "model.text_hidden must be divisible by model.fusion_heads")
         _check(self.lora_rank >= 1, "model.lora_rank must be >= 1")
         _check(self.fusion_init in ("random", "host"), f"model.fusion_init must be random or host, got {self.fusion_init!r}")
-        _check(self.fusion_gate_reads in ("first", "fused"),
-               f"model.fusion_gate_reads must be first or fused, got {self.fusion_gate_reads!r}")
+        _check(self.fusion_gate_reads in ("first", "fused", "words"),
+               f"model.fusion_gate_reads must be words, first or fused, got {self.fusion_gate_reads!r}")
         _check(self.dtype in ("float32", "bfloat16", "float16"), f"model.dtype unknown: {self.dtype}")
         _check(self.language_model is None or (isinstance(self.language_model, str) and self.language_model.strip()),
                f"model.language_model must be a non-empty string or null, got {self.language_model!r}")
@@ -278,6 +279,11 @@ class StageAConfig:
     gate_weight: float = 1.0
     """Weight of the gate loss: each fusion block's gate (read from the question) learns to open for questions that
     need audio and close for VL-only ones carrying a clip. 0 leaves the gate to the task and KL losses alone."""
+    grounding_weight: float = 1.0
+    """Weight of the grounding loss: on rows whose manifest gives an `audio_span`, the fusion attention at the answer
+    is pulled onto the audio tokens that hold that stretch of the clip (the finest ones the row's budget has). It
+    teaches the question to pick a token by its place, which the answer loss alone never did
+    (docs/EXPERIMENTS.md#grounding). 0: off; rows without a span never add to it."""
     fisher_batches: int = 4
     retention_tolerance: float = 0.05
     """Maximum allowed VL-only accuracy drop vs the base model on validation, checked with the adapter forced on at
@@ -302,6 +308,7 @@ class StageAConfig:
         _check(self.retention_tolerance >= 0, "stage_a.retention_tolerance must be >= 0")
         _check(self.kl_weight_growth >= 1.0, "stage_a.kl_weight_growth must be >= 1")
         _check(self.gate_weight >= 0, f"stage_a.gate_weight must be >= 0, got {self.gate_weight}")
+        _check(self.grounding_weight >= 0, f"stage_a.grounding_weight must be >= 0, got {self.grounding_weight}")
         _check(0.0 <= self.silent_share <= 1.0, f"stage_a.silent_share must be in [0, 1], got {self.silent_share}")
         _check(0.0 <= self.retention_flip_tolerance <= 1.0,
                f"stage_a.retention_flip_tolerance must be in [0, 1], got {self.retention_flip_tolerance}")
@@ -478,6 +485,7 @@ RANGES: dict[str, _Rule] = {
     "stage_a.steps": _COUNT, "stage_a.batch_size": _at_least(2), "stage_a.learning_rate_projector": _POS_NUM,
     "stage_a.learning_rate_adapter": _POS_NUM, "stage_a.audio_ratio": _between(0, 1, open_lo=True, open_hi=True),
     "stage_a.kl_weight": _NONNEG_NUM, "stage_a.fisher_weight": _NONNEG_NUM, "stage_a.gate_weight": _NONNEG_NUM,
+    "stage_a.grounding_weight": _NONNEG_NUM,
     "stage_a.fisher_batches": _COUNT, "stage_a.retention_tolerance": _SHARE,
     "stage_a.kl_weight_growth": _at_least(1, "a number"), "stage_a.eval_every": _COUNT,
     "stage_a.distractor_prob": _SHARE, "stage_a.silent_share": _SHARE, "stage_a.retention_flip_tolerance": _SHARE,

@@ -54,6 +54,12 @@ def segment_order(coarse: int = COARSE_SEGMENTS, total: int = NUM_SEGMENTS) -> l
     return order
 
 
+def segment_bounds(coarse: int = COARSE_SEGMENTS, total: int = NUM_SEGMENTS) -> torch.Tensor:
+    """(total, 2) start and end of each summary in `segment_order`, as shares of the clip: where an audio token
+    listens."""
+    return torch.tensor([[i / n, (i + 1) / n] for n, i in segment_order(coarse, total)])
+
+
 def temporal_segments(sequence: torch.Tensor, mask: torch.Tensor | None = None, coarse: int = COARSE_SEGMENTS,
                       total: int = NUM_SEGMENTS) -> torch.Tensor:
     """Coarse-to-fine segment means of each clip's real frames: (B, T, D) frames, (B, T) mask -> (B, total, D).

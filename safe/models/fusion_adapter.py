@@ -9,6 +9,10 @@ prompt's text tokens pooled by the gate's own word scores (the question summary)
 VL-only questions (Stage A's gate loss trains it to); w starts at zero, so a fresh gate is the constant
 sigmoid(bias). `floor_gate` turns gates below a floor into exactly 0. A forced gate (scalar or per example) replaces
 the learned one; a forced 0 returns the input exactly without computing anything.
+
+A question picks an audio token by its place: each key adds a learned vector for its token's place (`place_keys`),
+and the query adds a projection of the prompt's words (`question_query`, from the mean of the LM's input
+embeddings), both zero at start. Stage A's grounding loss reads the attention weights (`attention_sink`).
 """
 
 from __future__ import annotations
@@ -47,9 +51,10 @@ class CrossAttentionBlock(nn.Module):
     Each of q_proj/k_proj/v_proj/o_proj is a peft `lora.Linear`: frozen `base_layer` + `lora_A`/`lora_B`."""
 
     def __init__(self, hidden_size: int, num_attention_heads: int, rank: int = 8, gate_init: float = 0.5,
-                 init_from: nn.Module | None = None):
+                 init_from: nn.Module | None = None, max_tokens: int = 12):
         """`init_from`: an attention module with (hidden_size, hidden_size) q_proj/k_proj/v_proj (the host decoder
-        layer's self-attention) whose weights the frozen q/k/v copy; None: seeded random projections."""
+        layer's self-attention) whose weights the frozen q/k/v copy; None: seeded random projections. `max_tokens`:
+        the largest budget (one learned key per token place)."""
         super().__init__()
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}")
@@ -66,11 +71,17 @@ class CrossAttentionBlock(nn.Module):
         if init_from is not None:
             self._copy_host_projections(init_from)
         inject_adapter_in_model(lora_config(rank), self, adapter_name=ADAPTER_NAME)
+        self.place_keys = nn.Parameter(torch.zeros(max_tokens, hidden_size))  # (K_max, D): which place a key is
+        self.words_norm = nn.LayerNorm(hidden_size)
+        # the question's words -> a query term: "first" and "second" differ there more than at the answer's state
+        self.question_query = nn.Linear(hidden_size, hidden_size, bias=False)
+        nn.init.zeros_(self.question_query.weight)
         self.gate_logit = nn.Parameter(torch.tensor(math.log(gate_init / (1.0 - gate_init))))
         self.gate_proj = nn.Linear(hidden_size, 1, bias=False)
         nn.init.zeros_(self.gate_proj.weight)
         for name, param in self.named_parameters():
             param.requires_grad_(not is_frozen_base_weight(name))
+        self.attention_sink: list[torch.Tensor] | None = None  # set: each pass appends its (B, H, T, K) weights
 
     def _copy_host_projections(self, attention: nn.Module) -> None:
         with torch.no_grad():
@@ -118,11 +129,13 @@ class CrossAttentionBlock(nn.Module):
         audio_tokens: torch.Tensor,
         audio_mask: torch.Tensor | None = None,
         gate: float | torch.Tensor | None = None,
+        words: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`audio_mask` (B, K) marks usable audio tokens (a budget smaller than K masks the rest); an example whose
         mask is all False is returned unchanged. `gate` forces the gate (scalar or (B,)); 0 skips the block.
         Without it, the gate is read from the mean of `hidden_states` (a whole prompt); SAFEModel instead passes the
-        gate read from the prompt's text tokens, which generation's later steps (one new token each) reuse."""
+        gate read from the prompt's text tokens, which generation's later steps (one new token each) reuse.
+        `words` (B, D): the prompt's mean input word embedding, read by the query (`question_query`); None: not used."""
         if isinstance(gate, (int, float)) and gate == 0:
             return hidden_states
         if hidden_states.dim() != 3 or audio_tokens.dim() != 3:
@@ -144,13 +157,23 @@ class CrossAttentionBlock(nn.Module):
             return hidden_states
 
         normed = self.query_norm(hidden_states)  # (B, T, D)
-        q = self.q_proj(normed).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(normed)  # (B, T, D)
+        if words is not None:  # (B, D) the prompt's word embeddings, pooled: tells "first" from "second"
+            q = q + self.question_query(self.words_norm(words.to(q.dtype))).unsqueeze(1)
+        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         a = self.audio_norm(audio_tokens)
-        k = self.k_proj(a).view(B, K, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, K, hd)
+        k = self.k_proj(a) + self.place_keys[:K].to(a.dtype)  # (B, K, D)
+        k = k.view(B, K, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, K, hd)
         v = self.v_proj(a).view(B, K, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, K, hd)
         # Rows with no audio attend to a dummy-unmasked key; their output is discarded below.
         attn_mask = (audio_mask | ~active.unsqueeze(-1))[:, None, None, :]  # (B, 1, 1, K)
-        ctx = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, hd)
+        if self.attention_sink is None:
+            ctx = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, hd)
+        else:  # the same attention, its weights kept for Stage A's grounding loss
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, T, K)
+            probs = torch.softmax(scores.masked_fill(~attn_mask, float("-inf")), dim=-1)  # (B, H, T, K)
+            self.attention_sink.append(probs)
+            ctx = probs @ v  # (B, H, T, hd)
         delta = self.o_proj(ctx.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
 
         if gate is None:

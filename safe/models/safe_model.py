@@ -33,7 +33,8 @@ CONFIG_FILE = "safe_config.json"
 LORA_DIR = "fusion_lora"
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 FUSION_INITS = ("random", "host")
-GATE_READS = ("first", "fused")
+GATE_READS = ("first", "fused", "words")
+PLACE_AND_WORDS = ("place_keys", "question_query.weight", "words_norm.weight", "words_norm.bias")
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,10 @@ class SAFEArchitecture:
     gate_floor: float = 0.0
     """Learned gates below it act as 0 (`floor_gate`); 0: every gate acts as it is."""
     gate_reads: str = "first"
-    """Which hidden states each block's gate reads the question from: `first`, the first fusion layer's, which no
-    clip has reached yet, so the question alone decides every gate; `fused`, its own layer's, where earlier blocks'
-    audio can open it (bundles saved before this field existed)."""
+    """Which states each block's gate reads the question from: `words`, the LM's input embeddings of the prompt, one
+    word at a time without the sentence around it; `first`, the first fusion layer's, which no clip has reached yet,
+    so the question alone decides every gate; `fused`, its own layer's, where earlier blocks' audio can open it
+    (bundles saved before this field existed)."""
 
     def __post_init__(self) -> None:
         if self.fusion_init not in FUSION_INITS:
@@ -93,6 +95,18 @@ class _FusionContext:
     questions: dict[str, torch.Tensor] = field(default_factory=dict)  # block -> (B, D) summary of the prompt
     gates: dict[str, torch.Tensor] = field(default_factory=dict)  # block -> (B,) learned gate of the last pass
     first: torch.Tensor | None = None  # (B, T_prompt, D) the first fusion layer's prompt states, before any audio
+    embeddings: torch.Tensor | None = None  # (B, T, D) the LM's input embeddings on the pass holding the prompt
+    words: torch.Tensor | None = None  # (B, D) their mean over the prompt's text tokens
+
+    def read_words(self, embeddings: torch.Tensor) -> None:
+        """Keep the prompt's input embeddings (B, T, D) and their mean over its text tokens, on the pass that holds
+        the prompt; generation's later steps (new tokens only) keep the prompt's."""
+        T, T_prompt = embeddings.shape[1], self.text_mask.shape[1]
+        if T >= T_prompt:
+            mask = nn.functional.pad(self.text_mask, (0, T - T_prompt), value=False).to(embeddings.device)
+            m = mask.unsqueeze(-1).to(embeddings.dtype)
+            self.embeddings = embeddings
+            self.words = (embeddings.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
 
     def question(self, key: str, block: CrossAttentionBlock, hidden: torch.Tensor) -> torch.Tensor:
         """The block's question summary (B, D): computed from the pass that holds the whole prompt (a training
@@ -127,7 +141,8 @@ class SAFEModel(nn.Module):
         self.fusion_layer_ids = sorted({i % n_layers for i in arch.fusion_layers})
         host = lambda i: base.decoder_layers[i].self_attn if arch.fusion_init == "host" else None  # noqa: E731
         self.fusion = nn.ModuleDict({
-            f"layer_{i}": CrossAttentionBlock(D, arch.fusion_heads, rank=arch.lora_rank, init_from=host(i))
+            f"layer_{i}": CrossAttentionBlock(D, arch.fusion_heads, rank=arch.lora_rank, init_from=host(i),
+                                              max_tokens=max(self.token_budgets))
             for i in self.fusion_layer_ids
         })
         self.fusion.peft_config = {ADAPTER_NAME: lora_config(arch.lora_rank)}  # peft's state-dict helpers read it
@@ -135,11 +150,17 @@ class SAFEModel(nn.Module):
         self._floor_on = True
         for i in self.fusion_layer_ids:
             base.decoder_layers[i].register_forward_hook(self._make_hook(f"layer_{i}"))
+        base.decoder_layers[0].register_forward_pre_hook(self._read_words, with_kwargs=True)
         # Trainable parts stay float32 whatever the base dtype; the hook casts at the boundary.
         self.projector.to(base.device)
         self.fusion.to(base.device)
 
     # -- hooks ----------------------------------------------------------------------------------------------------
+    def _read_words(self, _module, args, kwargs):
+        """Pre-hook on decoder layer 0: its input is the prompt's embeddings (the question query and `words` gates)."""
+        if self._context is not None:
+            self._context.read_words(args[0] if args else kwargs["hidden_states"])
+
     def _make_hook(self, key: str):
         def hook(_module, _args, output):
             ctx = self._context
@@ -152,7 +173,7 @@ class SAFEModel(nn.Module):
                 gate = ctx.gates[key] = block.example_gate(ctx.question(key, block, self._gate_states(ctx, key, hidden))
                                                            ).view(-1)  # (B,)
                 gate = floor_gate(gate, self.arch.gate_floor if self._floor_on else 0.0)
-            fused = block(hidden, ctx.tokens.float(), ctx.mask, gate).to(raw.dtype)
+            fused = block(hidden, ctx.tokens.float(), ctx.mask, gate, words=ctx.words).to(raw.dtype)
             return (fused, *output[1:]) if isinstance(output, tuple) else fused
 
         return hook
@@ -162,6 +183,8 @@ class SAFEModel(nn.Module):
         Only a pass holding the whole prompt reads them; generation's later steps reuse the prompt's gate."""
         if self.arch.gate_reads == "fused" or hidden.shape[1] < ctx.text_mask.shape[1]:
             return hidden
+        if self.arch.gate_reads == "words":  # a word the LM has never seen in this order cannot look like audio
+            return ctx.embeddings.to(hidden.dtype)
         if key == f"layer_{self.fusion_layer_ids[0]}":  # the base's states: no block has run yet
             ctx.first = hidden
         return ctx.first
@@ -183,6 +206,19 @@ class SAFEModel(nn.Module):
             yield
         finally:
             self._context = None
+
+    @contextlib.contextmanager
+    def recording_attention(self) -> Iterator[list[torch.Tensor]]:
+        """The fusion attention of the passes inside, one (B, H, T, K) tensor per block and pass (with gradient):
+        `with model.recording_attention() as weights: model(...)`. Stage A's grounding loss reads them."""
+        weights: list[torch.Tensor] = []
+        for block in self.fusion.values():
+            block.attention_sink = weights
+        try:
+            yield weights
+        finally:
+            for block in self.fusion.values():
+                block.attention_sink = None
 
     # -- prompt prefixes -------------------------------------------------------------------------------------------
     def recording_prefix(self) -> contextlib.AbstractContextManager[PrefixRecorder]:
@@ -330,7 +366,9 @@ class SAFEModel(nn.Module):
             prefix = f"{name}."
             sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             missing, unexpected = module.load_state_dict(sub, strict=False)
-            missing = [k for k in missing if ".lora_" not in k]  # from the peft adapter, below
+            # LoRA comes from the peft adapter, below; a bundle saved before place keys and the words' query keeps
+            # them at their start values, which compute exactly what that bundle did
+            missing = [k for k in missing if ".lora_" not in k and k.split(".", 1)[-1] not in PLACE_AND_WORDS]
             if missing or unexpected:
                 raise RuntimeError(f"{path}: {name} weights do not match the architecture "
                                    f"(missing {missing[:5]}, unexpected {unexpected[:5]})")

@@ -1,5 +1,5 @@
-"""Stage A losses: new-task cross-entropy, retention KL(base || SAFE), the gate loss and a diagonal-Fisher (EWC)
-penalty."""
+"""Stage A losses: new-task cross-entropy, retention KL(base || SAFE), the gate loss, the grounding loss on the
+fusion attention and a diagonal-Fisher (EWC) penalty."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Callable, Iterable
 
 import torch
 from torch import nn
+
+from safe.models.audio_encoders import segment_bounds
 
 
 def answer_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -123,3 +125,36 @@ class FisherPenalty:
         for k, p in self.params.items():
             out = out + (self.fisher[k] * (p - self.anchor[k]) ** 2).sum()
         return out
+
+
+def grounding_targets(spans: torch.Tensor, budgets: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Which audio tokens hold where the answer plays: (B, 2) span as shares of the clip (NaN: none), (B,) budgets
+    -> (B, K) bool. Among a row's first `budget` tokens, those whose stretch of the clip lies most inside the span
+    (the finest ones the budget has): the second of 12 sounds is the quarter at budget 4 and its own twelfth at 12.
+    Rows without a span or audio get no target."""
+    bounds = segment_bounds().to(spans.device)[:num_tokens]  # (K, 2)
+    overlap = (torch.minimum(bounds[:, 1], spans[:, 1:]) - torch.maximum(bounds[:, 0], spans[:, :1])).clamp(min=0)
+    inside = (overlap / (bounds[:, 1] - bounds[:, 0])).nan_to_num(0.0)  # (B, K) share of each token's stretch
+    usable = torch.arange(num_tokens, device=spans.device) < budgets.to(spans.device).unsqueeze(1)  # (B, K)
+    inside = inside * usable
+    best = inside.amax(-1, keepdim=True)  # (B, 1)
+    return (inside >= best - 1e-6) & (best > 0)
+
+
+def grounding_loss(attentions: list[torch.Tensor], targets: torch.Tensor, labels: torch.Tensor,
+                   normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+    """-log of the attention mass (mean over heads) the answer's positions put on the target tokens, averaged over
+    fusion blocks; summed over (row, position) pairs of rows with a target, divided by `normalizer` (default their
+    count). attentions: one (B, H, T, K) per block; targets (B, K) bool; labels (B, T) with -100 off the answer."""
+    B, T = labels.shape
+    where = torch.zeros(B, T, dtype=torch.bool, device=labels.device)
+    where[:, :-1] = answer_positions(labels)  # positions that predict an answer token
+    where &= targets.any(-1, keepdim=True)
+    if not attentions or not bool(where.any()):
+        return torch.zeros((), device=labels.device)
+    nll = torch.zeros((), device=labels.device)
+    for probs in attentions:
+        mass = (probs.mean(1) * targets.unsqueeze(1).to(probs.dtype)).sum(-1)  # (B, T)
+        nll = nll - torch.log(mass[where].clamp(min=1e-6)).sum()
+    n = where.sum() if normalizer is None else normalizer
+    return nll / len(attentions) / n

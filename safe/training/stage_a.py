@@ -1,7 +1,9 @@
 """Stage A: supervised warm-start of the audio projector and fusion adapters, with retention guaranteed.
 
 Loss = CE(answer | audio-dependent rows) + kl_weight * KL(base || SAFE | VL-only rows)
-       + gate_weight * BCE(fusion gates, needs_audio | rows with a clip) + fisher_weight * EWC.
+       + gate_weight * BCE(fusion gates, needs_audio | rows with a clip)
+       + grounding_weight * -log(fusion attention on the answer's audio tokens | rows with an audio_span)
+       + fisher_weight * EWC.
 VL-only rows get a clip they do not need most of the time (another example's, or silence), so the adapter learns to
 leave their answers alone: the gate (read from the question) learns to close for them, and the KL keeps what still
 passes from changing the answer. Every `eval_every` steps the retention check answers the validation set with a clip
@@ -19,6 +21,7 @@ weights as one (up to float summation order) and take the same rollback decision
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +36,8 @@ from safe.data.datasets import Batch
 from safe.distributed import all_gather_objects, all_reduce_sum, make_accelerator
 from safe.eval.metrics import score
 from safe.models.safe_model import SAFEModel
-from safe.training.losses import FisherPenalty, answer_loss, answer_positions, answer_window, gate_loss, retention_kl
+from safe.training.losses import (FisherPenalty, answer_loss, answer_positions, answer_window, gate_loss,
+                                  grounding_loss, grounding_targets, retention_kl)
 
 CHECKPOINT_FILE = "stage_a_last.pt"
 
@@ -147,7 +151,8 @@ class StageATrainer:
             teacher = self.model(batch.vl, 0, logits_to_keep=window)  # budget 0 == the frozen base, exactly
         # The student starts from the teacher's prompt prefix: the frozen layers below the first fusion block.
         # logits (B, W, V); gates (B, L): the learned gate of each fusion block
-        with self.model.reusing_prefix(recorder.prefix):
+        grounding = self.config.grounding_weight > 0 and batch.audio_spans is not None
+        with self.model.reusing_prefix(recorder.prefix), self._attention(grounding) as attention:
             logits, gates = self.train_model(batch.vl, budgets, audio_features=feats, return_gates=True,
                                              logits_to_keep=window)
         needs = batch.needs_audio.to(logits.device)
@@ -160,7 +165,18 @@ class StageATrainer:
         gate = torch.zeros((), device=logits.device) if gates is None else (
             gate_loss(gates, needs, fused, self._global_count(fused)) * self.world)
         loss = task + self.state.kl_weight * kl + self.config.gate_weight * gate
-        return {"loss": loss, "task_loss": task, "kl": kl, "gate_loss": gate}
+        losses = {"task_loss": task, "kl": kl, "gate_loss": gate}
+        if grounding:
+            targets = grounding_targets(batch.audio_spans, budgets, max(self.nonzero_budgets))  # (B, K)
+            rows = (answer_positions(batch.vl.labels) & targets.any(-1, keepdim=True)).sum()
+            losses["grounding"] = grounding_loss(attention, targets, batch.vl.labels,
+                                                 all_reduce_sum(rows.float()).clamp(min=1.0)) * self.world
+            loss = loss + self.config.grounding_weight * losses["grounding"]
+        return {"loss": loss, **losses}
+
+    def _attention(self, on: bool) -> contextlib.AbstractContextManager[list[torch.Tensor]]:
+        """The fusion attention weights of the student pass when the grounding loss needs them."""
+        return self.model.recording_attention() if on else contextlib.nullcontext([])
 
     def _add_fisher_gradient(self) -> torch.Tensor:
         """Add d(fisher_weight * EWC)/d(params) to the already all-reduced gradients; returns the penalty.

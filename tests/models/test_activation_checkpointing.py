@@ -29,6 +29,7 @@ def _safe_model(checkpointing: bool) -> tuple[SAFEModel, object]:
         for block in model.fusion.values():  # every lora_B away from 0, so every LoRA weight gets a gradient
             for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
                 getattr(block, name).lora_B["default"].weight.normal_(std=0.5)
+            block.question_query.weight.normal_(std=0.5)  # and the words' query away from 0: its norm learns too
     images = [Image.new("RGB", (32, 32), (255, 0, 0)), Image.new("RGB", (32, 32), (0, 0, 255))]
     batch = base.encode(["what color is the circle ?", "how many beeps do you hear ?"], images, answers=["red", "two"])
     return model, batch

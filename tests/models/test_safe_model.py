@@ -92,6 +92,31 @@ def test_save_load_round_trip(model, tiny_base, tiny_batch, tmp_path):
         other.load_trainable(tmp_path)
 
 
+def test_place_keys_and_words_query_are_saved_and_an_older_bundle_without_them_loads(model, tiny_base, tiny_batch,
+                                                                                    tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    perturb(model)
+    feats = torch.randn(3, 16)
+    older = model(tiny_batch, [4, 8, 12], audio_features=feats)  # place keys and the words' query still zero
+    model.save_trainable(tmp_path / "old")
+    path = tmp_path / "old" / "safe_trainable.safetensors"
+    save_file({k: v for k, v in load_file(str(path)).items()
+               if not any(n in k for n in ("place_keys", "question_query", "words_norm"))}, str(path))
+    other = SAFEModel(tiny_base, model.arch)
+    other.load_trainable(tmp_path / "old")
+    assert torch.equal(other(tiny_batch, [4, 8, 12], audio_features=feats), older)
+    with torch.no_grad():
+        for block in model.fusion.values():
+            block.place_keys.normal_()
+            block.question_query.weight.normal_(std=0.1)
+    moved = model(tiny_batch, [4, 8, 12], audio_features=feats)
+    assert not torch.equal(moved, older)
+    model.save_trainable(tmp_path / "new")
+    other.load_trainable(tmp_path / "new")
+    assert torch.equal(other(tiny_batch, [4, 8, 12], audio_features=feats), moved)
+
+
 def test_fusion_lora_is_a_peft_adapter_that_peft_loads_back(model, tiny_base, tiny_batch, tmp_path):
     from peft import LoraConfig, load_peft_weights, set_peft_model_state_dict
 
@@ -164,7 +189,7 @@ def test_gates_read_the_prompt_only(model, tiny_base, tiny_batch):
     assert model(tiny_batch, 12, audio_features=feats, gate=1.0, return_gates=True)[1] is None  # forced gate
 
 
-@pytest.mark.parametrize("reads", ["first", "fused"])
+@pytest.mark.parametrize("reads", ["first", "fused", "words"])
 def test_generation_reuses_the_prompt_gate(tiny_base, reads):
     """Generation's later steps see one new token each; the gate they use is the prompt's (first step's) gate, so
     greedy answers equal those from full forwards over prompt + answer-so-far, wherever the gate reads."""
@@ -211,6 +236,21 @@ def test_gates_read_the_question_not_the_clip(tiny_base, tiny_batch):
     gates = [model(tiny_batch, 12, audio_features=clip, return_gates=True)[1] for clip in clips]
     torch.testing.assert_close(gates[0][:, 0], gates[1][:, 0])  # the first block reads states without audio
     assert not torch.allclose(gates[0][:, 1], gates[1][:, 1])
+
+
+def test_words_gates_read_the_prompts_input_embeddings(tiny_base, tiny_batch):
+    """`words`: each gate pools the LM's input embeddings of the prompt's text tokens, a word at a time (answers
+    appended by training, image placeholders and padding left out), so neither the clip nor the sentence's
+    context moves it."""
+    model = two_block_model(tiny_base, gate_reads="words")
+    clips = torch.randn(2, 3, 16)
+    gates = [model(tiny_batch, 12, audio_features=clip, return_gates=True)[1] for clip in clips]  # 2 x (3, 2)
+    torch.testing.assert_close(gates[0], gates[1])
+    embeddings = tiny_base.llava.get_input_embeddings()(tiny_batch.input_ids).float()  # (B, T, D)
+    text = tiny_base.prompt_text_mask(tiny_batch)
+    for i, block in enumerate(model.fusion.values()):
+        expected = block.example_gate(block.question_summary(embeddings, text)).view(-1)  # (B,)
+        torch.testing.assert_close(gates[0][:, i], expected)
 
 
 def test_gates_below_the_floor_leave_the_base_answer_exactly(tiny_base, tiny_batch):
@@ -265,3 +305,24 @@ def test_waveforms_give_the_cached_segments(model, tiny_batch):
     segments = model.audio_encoder.encode(waves).segments  # (3, 12, 16)
     assert model.encode_audio(waves).shape == (3, 12, 16)
     torch.testing.assert_close(model(tiny_batch, 12, waveforms=waves), model(tiny_batch, 12, audio_features=segments))
+
+
+def test_recording_attention_keeps_the_outputs_and_gives_each_blocks_weights(model, tiny_batch):
+    """Stage A's grounding loss reads the fusion attention: recording it computes the same logits (the explicit
+    softmax instead of the fused kernel), with weights over the budget's tokens only, and stops on leaving."""
+    perturb(model)
+    perturb_projector(model)
+    feats = torch.randn(3, 12, 16)
+    budgets = torch.tensor([4, 0, 12])
+    plain = model(tiny_batch, budgets, audio_features=feats)
+    with model.recording_attention() as weights:
+        recorded = model(tiny_batch, budgets, audio_features=feats)
+    torch.testing.assert_close(recorded, plain, rtol=1e-5, atol=1e-5)
+    T = tiny_batch.input_ids.shape[1]
+    assert len(weights) == len(model.fusion)
+    for probs in weights:  # (B, H, T, K)
+        assert probs.shape == (3, model.arch.fusion_heads, T, 12) and probs.requires_grad
+        torch.testing.assert_close(probs[[0, 2]].sum(-1), torch.ones(2, model.arch.fusion_heads, T))
+        assert probs[0, ..., 4:].eq(0).all()  # budget 4 never listens past its 4 tokens
+    model(tiny_batch, budgets, audio_features=feats)
+    assert len(weights) == len(model.fusion) and all(b.attention_sink is None for b in model.fusion.values())
