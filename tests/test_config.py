@@ -82,7 +82,8 @@ PROFILE_DEFAULTS_WHEN_MOVED = {
         "data": {"size": 4000, "image_size": 32, "test_size": 2000},
         "model": {"audio_encoder": "whisper-tiny.en", "vision_hidden": 96, "vision_layers": 3, "text_hidden": 128,
                   "text_layers": 3, "text_intermediate": 256, "fusion_layers": [-3, -2, -1], "lora_rank": 32,
-                  "fusion_gate_floor": 0.7},  # docs/EXPERIMENTS.md#gate-floor
+                  "fusion_gate_floor": 0.7,  # docs/EXPERIMENTS.md#gate-floor
+                  "fusion_gate_reads": "words"},  # docs/EXPERIMENTS.md#grounding
         "base_vl": {"epochs": 10, "batch_size": 64, "lr": 1e-3, "vision_pretrain_epochs": 40,
                     "question_lm_weight": 1.0},  # docs/EXPERIMENTS.md#question-lm
         "stage_a": {"steps": 1600, "eval_every": 100,  # docs/EXPERIMENTS.md#gate-reads-words
