@@ -73,8 +73,9 @@ def run_seed(project: Path, seed: int, keep: bool, threads: int | None = None) -
             raise SystemExit(f"seed {seed}: dvc repro failed in {folder}:\n{tail}")
         metrics = json.loads((folder / "data/eval/metrics.json").read_text())
         promotion = json.loads((folder / "data/eval/promotion.json").read_text())
+        by_budget = json.loads((folder / "data/eval/details.json").read_text())["accuracy_vs_budget"]["audio"]
         return {"seed": seed, "seconds": round(seconds, 1), "decision": promotion["decision"],
-                "failed": promotion["failed"], "metrics": metrics}
+                "failed": promotion["failed"], "metrics": metrics, "audio_acc_by_budget": by_budget}
     finally:
         if keep:
             print(f"  seed {seed} kept in {folder}")
@@ -112,7 +113,9 @@ def main() -> None:
             m = run["metrics"]
             cells = "  ".join(f"{m[name]:>14.4f} ({m[bound]:.4f})".rjust(30) if bound else f"{m[name]:>30.4f}"
                               for name, bound in SHOWN)
-            print(f"  {run['seed']:>4}  {cells}  {run['decision']:>9}  {run['seconds']:>6.0f}s", flush=True)
+            budgets = " / ".join(f"{v:.3f}" for v in run["audio_acc_by_budget"].values())
+            print(f"  {run['seed']:>4}  {cells}  {run['decision']:>9}  {run['seconds']:>6.0f}s  "
+                  f"audio-dependent by budget {' / '.join(run['audio_acc_by_budget'])}: {budgets}", flush=True)
     runs.sort(key=lambda r: r["seed"])
     wall = time.perf_counter() - start
     print("  range over seeds:")
@@ -120,6 +123,13 @@ def main() -> None:
         for key in (name, bound) if bound else (name,):
             values = [r["metrics"][key] for r in runs]
             print(f"    {key:<28} {min(values):.4f} .. {max(values):.4f}")
+    for budget in runs[0]["audio_acc_by_budget"]:
+        values = [r["audio_acc_by_budget"][budget] for r in runs]
+        print(f"    {'audio-dependent at budget ' + budget:<28} {min(values):.4f} .. {max(values):.4f}")
+    gaps = [r["audio_acc_by_budget"][max(r["audio_acc_by_budget"], key=int)] - r["audio_acc_by_budget"]["4"]
+            for r in runs if "4" in r["audio_acc_by_budget"]]
+    if gaps:
+        print(f"    {'largest budget - budget 4':<28} {min(gaps):.4f} .. {max(gaps):.4f}")
     passed = sum(r["decision"] == "champion" for r in runs)
     print(f"  seeds promoted (every criterion): {passed}/{len(runs)}; {wall / 60:.1f} min wall time "
           f"({args.jobs} side by side)")

@@ -190,15 +190,17 @@ def seeds_section() -> list[str]:
         lines += ["", f"{profile} profile, commit {record['commit']}, {record['machine']}, {record['date']}: "
                       f"**{passed} of {len(runs)} seeds promoted**.", "",
                   "| seed | retention drop (bound) | audio gain (bound) | skip rate | irrelevant flips (bound) | "
-                  "forced-on flips (bound) | decision |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "forced-on flips (bound) | audio-dependent at budgets 4 / 8 / 12 | decision |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in runs:
             m = r["metrics"]
+            by_budget = r.get("audio_acc_by_budget")  # recorded since the seeds benchmark reads details.json
+            budgets = " / ".join(_fmt(by_budget.get(b)) for b in ("4", "8", "12")) if by_budget else "—"
             lines.append(f"| {r['seed']} | {_fmt(m['retention_drop'])} ({_fmt(m.get('retention_drop_upper'))}) | "
                          f"{_fmt(m['audio_gain'])} ({_fmt(m.get('audio_gain_lower'))}) | {_fmt(m['skip_rate'])} | "
                          f"{_fmt(m['irrelevant_flip_rate'])} ({_fmt(m.get('irrelevant_flip_rate_upper'))}) | "
                          f"{_fmt(m.get('forced_flip_rate'))} ({_fmt(m.get('forced_flip_rate_upper'))}) | "
-                         f"{r['decision']} |")
+                         f"{budgets} | {r['decision']} |")
     return lines
 
 

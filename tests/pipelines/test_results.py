@@ -38,7 +38,8 @@ def test_results_md_reports_the_run_and_the_newest_seeds_record(tmp_path, monkey
     seed_run = {"seed": 0, "decision": "champion", "metrics": metrics}
     records = [{"profile": "tiny", "commit": "old", "machine": "m", "date": "d1", "runs": [seed_run]},
                {"profile": "tiny", "commit": "new", "machine": "m", "date": "d2",
-                "runs": [seed_run, {**seed_run, "seed": 1, "decision": "rejected"}]}]
+                "runs": [seed_run, {**seed_run, "seed": 1, "decision": "rejected",
+                                    "audio_acc_by_budget": {"0": 0.1, "4": 0.7, "8": 0.75, "12": 0.8}}]}]
     (tmp_path / "benchmarks/results_seeds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
     results.main([])
@@ -49,6 +50,7 @@ def test_results_md_reports_the_run_and_the_newest_seeds_record(tmp_path, monkey
             f"{metrics['n_audio']} | 0.05 | bound | yes |") in text
     assert "| VL answers changed, budget forced on, worst wrong clip | n/a | n/a |" in text  # no probe columns
     assert "commit new" in text and "**1 of 2 seeds promoted**" in text and "commit old" not in text
+    assert "| 0.7000 / 0.7500 / 0.8000 | rejected |" in text and "| — | champion |" in text  # budgets when recorded
     assert f"| deployed gate | {metrics['latency_ms_policy']:.4f} |" in text
     assert "| accuracy | 0.9273 |" in text and "| accuracy with every image blanked (blind baseline) | 0.3273 |" in text
 
