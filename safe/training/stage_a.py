@@ -168,9 +168,9 @@ class StageATrainer:
         losses = {"task_loss": task, "kl": kl, "gate_loss": gate}
         if grounding:
             targets = grounding_targets(batch.audio_spans, budgets, max(self.nonzero_budgets))  # (B, K)
-            rows = (answer_positions(batch.vl.labels) & targets.any(-1, keepdim=True)).sum()
+            positions = answer_positions(batch.vl.labels) & targets.any(-1, keepdim=True)  # (B, T-1)
             losses["grounding"] = grounding_loss(attention, targets, batch.vl.labels,
-                                                 all_reduce_sum(rows.float()).clamp(min=1.0)) * self.world
+                                                 self._global_count(positions)) * self.world
             loss = loss + self.config.grounding_weight * losses["grounding"]
         return {"loss": loss, **losses}
 
