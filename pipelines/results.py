@@ -47,6 +47,12 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None or (isinstance(value, float) and value != value) else f"{value:.4f}"
 
 
+def _at_budgets(curve: dict[str, float] | None, missing: str) -> str:
+    """"a / b / c": audio-dependent accuracy at budgets 4, 8 and 12 from a budget -> accuracy curve; `missing`
+    when the run did not record one."""
+    return " / ".join(_fmt(curve.get(str(b))) for b in (4, 8, 12)) if curve else missing
+
+
 def _commit() -> str:
     commit = short_commit()
     # The run's own outputs (data/, dvc.lock, this file) are not code changes.
@@ -104,10 +110,6 @@ def side_by_side(runs: dict[str, dict]) -> list[str]:
     def bounded(key, bound):
         return lambda r: f"{_fmt(r['metrics'].get(key))} ({_fmt(r['metrics'].get(bound))})"
 
-    def at_budgets(r):
-        curve = r.get("accuracy_vs_budget", {}).get("audio", {})
-        return " / ".join(_fmt(curve.get(str(b))) for b in (4, 8, 12)) if curve else "n/a"
-
     lines = ["## Profiles side by side (each profile's last archived run; value and 95% bound)", "",
              "| measure | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names),
              row("decision", lambda r: f"**{r['promotion'].get('decision', 'n/a')}**"),
@@ -121,7 +123,8 @@ def side_by_side(runs: dict[str, dict]) -> list[str]:
              row(CRITERIA_LABELS["skip_rate"], lambda r: _fmt(r["metrics"].get("skip_rate"))),
              row(CRITERIA_LABELS["irrelevant_flip_rate"], bounded("irrelevant_flip_rate", "irrelevant_flip_rate_upper")),
              row(CRITERIA_LABELS["forced_flip_rate"], bounded("forced_flip_rate", "forced_flip_rate_upper")),
-             row("test audio-dependent accuracy at budgets 4 / 8 / 12", at_budgets)]
+             row("test audio-dependent accuracy at budgets 4 / 8 / 12",
+                 lambda r: _at_budgets(r.get("accuracy_vs_budget", {}).get("audio"), "n/a"))]
     return lines
 
 
@@ -194,8 +197,7 @@ def seeds_section() -> list[str]:
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in runs:
             m = r["metrics"]
-            by_budget = r.get("audio_acc_by_budget")  # recorded since the seeds benchmark reads details.json
-            budgets = " / ".join(_fmt(by_budget.get(b)) for b in ("4", "8", "12")) if by_budget else "—"
+            budgets = _at_budgets(r.get("audio_acc_by_budget"), "—")  # recorded since bench_seeds reads details.json
             lines.append(f"| {r['seed']} | {_fmt(m['retention_drop'])} ({_fmt(m.get('retention_drop_upper'))}) | "
                          f"{_fmt(m['audio_gain'])} ({_fmt(m.get('audio_gain_lower'))}) | {_fmt(m['skip_rate'])} | "
                          f"{_fmt(m['irrelevant_flip_rate'])} ({_fmt(m.get('irrelevant_flip_rate_upper'))}) | "
