@@ -246,6 +246,10 @@ class BaseVLConfig:
     """Weight of a next-token loss on the text of every training question (audio ones too, never their answers),
     added to each step while a from-scratch LM trains: a pretrained LLM knows the words of the audio questions, and
     a base that never read them gives "count the beeps" and "count the shapes" nearly the same hidden states."""
+    subword_dropout: float = 0.0
+    """BPE-dropout on the question text the LM reads (`question_lm_weight`): each token is cut into smaller subword
+    pieces with this probability (seeded), so the pieces a word never seen in training breaks into have trained
+    embeddings, as in a pretrained LLM. 0: off; only a byte-level BPE tokenizer built here is cut."""
     freeze_pretrained_vision: bool = True
     """Keep a tag-pretrained vision tower frozen while the LLaVA learns to answer (as LLaVA keeps CLIP frozen): the
     answer loss otherwise unlearns what the tags taught (docs/EXPERIMENTS.md#vision-tower-tag-pretraining)."""
@@ -256,6 +260,7 @@ class BaseVLConfig:
         _check(self.vision_pretrain_epochs >= 0, "base_vl.vision_pretrain_epochs must be >= 0")
         _check(self.vision_pretrain_batch_size >= 1, "base_vl.vision_pretrain_batch_size must be >= 1")
         _check(self.question_lm_weight >= 0, f"base_vl.question_lm_weight must be >= 0, got {self.question_lm_weight}")
+        _check(0.0 <= self.subword_dropout < 1.0, f"base_vl.subword_dropout must be in [0, 1), got {self.subword_dropout}")
 
 
 @dataclass(frozen=True)

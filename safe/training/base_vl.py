@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from tokenizers import models as tokenizer_models
 from tqdm import tqdm
 
 from safe.config import BaseVLConfig, ModelConfig
@@ -25,7 +26,7 @@ from safe.eval.metrics import score
 from safe.io import atomic_dir
 from safe.training.losses import answer_loss, answer_positions, answer_window
 from safe.training.schedules import warmup_cosine
-from safe.models.base_vl import PromptEncoder, build_trainable_vl
+from safe.models.base_vl import PromptEncoder, VLBatch, build_trainable_vl
 from safe.training.vision_pretrain import VisionPretrainReport, pretrain_vision_tower
 
 
@@ -174,7 +175,7 @@ def train_base_vl(
                 if cfg.question_lm_weight:
                     loss = loss + cfg.question_lm_weight * _question_lm_loss(
                         train_llava, prompts, [questions[i] for i in rng.integers(len(questions), size=len(pairs))],
-                        accelerator.device, world)
+                        accelerator.device, world, rng, cfg.subword_dropout)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(llava.parameters(), 1.0)
@@ -210,10 +211,43 @@ def train_base_vl(
                         blind_val_acc=float(blind) / len(val))
 
 
-def _question_lm_loss(llava, prompts: PromptEncoder, questions: list[str], device, world: int) -> torch.Tensor:
+def split_subwords(tokenizer, ids: Sequence[int], rng: np.random.Generator, rate: float) -> list[int]:
+    """Seeded BPE-dropout (Provilkov et al., 2020): each ordinary token is, with probability `rate`, replaced by the
+    BPE model's tokens of its text cut at a random point, and each piece again. A word training never had breaks into
+    such pieces at test time; without this their embeddings are never trained."""
+    model, special = tokenizer.backend_tokenizer.model, set(tokenizer.all_special_ids)
+
+    def split(token: int) -> list[int]:
+        text = tokenizer.convert_ids_to_tokens(token)
+        if token in special or len(text) < 2 or rng.random() >= rate:
+            return [token]
+        cut = int(rng.integers(1, len(text)))
+        return [p for part in (text[:cut], text[cut:]) for piece in model.tokenize(part) for p in split(piece.id)]
+
+    return [p for token in ids for p in split(token)]
+
+
+def question_batch(prompts: PromptEncoder, questions: Sequence[str], rng: np.random.Generator | None = None,
+                   rate: float = 0.0) -> VLBatch:
+    """Text-only prompts of `questions`, left-padded; with `rate` > 0 and a BPE tokenizer, cut by `split_subwords`."""
+    tokenizer = prompts.tokenizer
+    if rate <= 0 or rng is None or not isinstance(tokenizer.backend_tokenizer.model, tokenizer_models.BPE):
+        return prompts.encode(list(questions), [None] * len(questions))
+    rows = [split_subwords(tokenizer, tokenizer(prompts.prompt(q, False))["input_ids"], rng, rate) for q in questions]
+    T = max(map(len, rows))
+    input_ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)  # (B, T), padded on the left
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, T - len(ids):] = torch.tensor(ids)
+        mask[row, T - len(ids):] = 1
+    return VLBatch(input_ids, mask, None, None)
+
+
+def _question_lm_loss(llava, prompts: PromptEncoder, questions: list[str], device, world: int,
+                      rng: np.random.Generator | None = None, subword_dropout: float = 0.0) -> torch.Tensor:
     """Next-token cross-entropy over text-only prompts of `questions` (no image, no answer): the language model
     learns the questions' words, the audio ones included, without ever seeing an audio answer."""
-    batch = prompts.encode(questions, [None] * len(questions)).to(device)
+    batch = question_batch(prompts, questions, rng, subword_dropout).to(device)
     labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)  # (B, T): every real token
     logits = llava(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                    position_ids=batch.position_ids).logits  # (B, T, V)
