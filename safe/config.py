@@ -486,7 +486,7 @@ RANGES: dict[str, _Rule] = {
     "base_vl.epochs": _COUNT, "base_vl.batch_size": _COUNT, "base_vl.lr": _POS_NUM, "base_vl.weight_decay": _NONNEG_NUM,
     "base_vl.target_val_acc": _SHARE, "base_vl.eval_every": _COUNT, "base_vl.vision_pretrain_epochs": _NONNEG_INT,
     "base_vl.vision_pretrain_lr": _POS_NUM, "base_vl.vision_pretrain_batch_size": _COUNT, "base_vl.seed": _NONNEG_INT,
-    "base_vl.question_lm_weight": _NONNEG_NUM,
+    "base_vl.question_lm_weight": _NONNEG_NUM, "base_vl.subword_dropout": _between(0, 1, open_hi=True),
     "stage_a.steps": _COUNT, "stage_a.batch_size": _at_least(2), "stage_a.learning_rate_projector": _POS_NUM,
     "stage_a.learning_rate_adapter": _POS_NUM, "stage_a.audio_ratio": _between(0, 1, open_lo=True, open_hi=True),
     "stage_a.kl_weight": _NONNEG_NUM, "stage_a.fisher_weight": _NONNEG_NUM, "stage_a.gate_weight": _NONNEG_NUM,

@@ -11,24 +11,32 @@ from safe.training.base_vl import _question_lm_loss, train_base_vl
 AUDIO_QUESTION = "how many beeps do you hear?"  # the bench's audio rows: never a VL training question
 
 
-def _text_loss(folder) -> float:
-    """Next-token loss of the saved base on the audio question's text-only prompt."""
+def _text_loss(folder, cut: float = 0.0) -> float:
+    """Next-token loss of the saved base on the audio question's text-only prompt (its tokens cut into pieces with
+    probability `cut`, seeded)."""
+    import numpy as np
+
     base = BaseVLModel.from_pretrained(folder)
     with torch.no_grad():
-        return float(_question_lm_loss(base.llava, PromptEncoder(base.processor), [AUDIO_QUESTION], base.device, 1))
+        return float(_question_lm_loss(base.llava, PromptEncoder(base.processor), [AUDIO_QUESTION] * 8, base.device, 1,
+                                       np.random.default_rng(0), cut))
 
 
-def test_question_lm_loss_teaches_the_base_the_audio_questions_words(bench, tmp_path):
+def _train_tiny_base(bench, out, **base_vl):
+    """A tiny base trained on the bench with `base_vl` settings; returns its report."""
     manifest, _ = bench
     model_cfg = build_config({"profile": "tiny", "model": {"vision_hidden": 32, "text_hidden": 32,
                                                            "text_intermediate": 64}}).model
+    cfg = BaseVLConfig(epochs=30, batch_size=16, lr=3e-3, target_val_acc=1.0, **base_vl)
+    return train_base_vl(manifest, model_cfg, cfg, 32, out, progress=False)
+
+
+def test_question_lm_loss_teaches_the_base_the_audio_questions_words(bench, tmp_path):
     losses = {}
     for weight in (0.0, 1.0):
-        out = tmp_path / f"base_{weight}"
-        cfg = BaseVLConfig(epochs=30, batch_size=16, lr=3e-3, target_val_acc=1.0, question_lm_weight=weight)
-        report = train_base_vl(manifest, model_cfg, cfg, 32, out, progress=False)
+        report = _train_tiny_base(bench, tmp_path / f"base_{weight}", question_lm_weight=weight)
         assert report.best_val_acc >= 0.9, report.history  # the VL task still trains alongside
-        losses[weight] = _text_loss(out)
+        losses[weight] = _text_loss(tmp_path / f"base_{weight}")
     # Without the loss the base never read "beeps" or "hear"; with it, it predicts the question's words.
     assert losses[1.0] < 0.8 * losses[0.0], losses
 
@@ -55,19 +63,8 @@ def test_split_subwords_cuts_tokens_into_pieces_of_the_same_text_seeded(tiny_bas
 def test_subword_dropout_trains_the_pieces_an_unseen_word_breaks_into(bench, tmp_path):
     """Without it the LM only ever reads whole training tokens: the pieces of a word it never saw keep their initial
     embeddings. The measure: next-token loss on the audio question cut into pieces."""
-    import numpy as np
-
-    manifest, _ = bench
-    model_cfg = build_config({"profile": "tiny", "model": {"vision_hidden": 32, "text_hidden": 32,
-                                                           "text_intermediate": 64}}).model
     losses = {}
     for rate in (0.0, 0.5):
-        out = tmp_path / f"base_{rate}"
-        cfg = BaseVLConfig(epochs=30, batch_size=16, lr=3e-3, target_val_acc=1.0, question_lm_weight=1.0,
-                           subword_dropout=rate)
-        train_base_vl(manifest, model_cfg, cfg, 32, out, progress=False)
-        base = BaseVLModel.from_pretrained(out)
-        with torch.no_grad():
-            losses[rate] = float(_question_lm_loss(base.llava, PromptEncoder(base.processor), [AUDIO_QUESTION] * 8,
-                                                   base.device, 1, np.random.default_rng(0), 0.5))
+        _train_tiny_base(bench, tmp_path / f"base_{rate}", question_lm_weight=1.0, subword_dropout=rate)
+        losses[rate] = _text_loss(tmp_path / f"base_{rate}", cut=0.5)
     assert losses[0.5] < 0.95 * losses[0.0], losses  # equal if the pieces stayed untrained
