@@ -234,13 +234,8 @@ def question_batch(prompts: PromptEncoder, questions: Sequence[str], rng: np.ran
     if rate <= 0 or rng is None or not isinstance(tokenizer.backend_tokenizer.model, tokenizer_models.BPE):
         return prompts.encode(list(questions), [None] * len(questions))
     rows = [split_subwords(tokenizer, tokenizer(prompts.prompt(q, False))["input_ids"], rng, rate) for q in questions]
-    T = max(map(len, rows))
-    input_ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)  # (B, T), padded on the left
-    mask = torch.zeros(len(rows), T, dtype=torch.long)
-    for row, ids in enumerate(rows):
-        input_ids[row, T - len(ids):] = torch.tensor(ids)
-        mask[row, T - len(ids):] = 1
-    return VLBatch(input_ids, mask, None, None)
+    enc = tokenizer.pad({"input_ids": rows}, return_tensors="pt")  # (B, T), left-padded (PromptEncoder's side)
+    return VLBatch(enc["input_ids"], enc["attention_mask"], None, None)
 
 
 def _question_lm_loss(llava, prompts: PromptEncoder, questions: list[str], device, world: int,
