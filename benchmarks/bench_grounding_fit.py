@@ -30,7 +30,7 @@ def fit_table(model, manifest, store, records, budgets, batch_size: int = 64) ->
     from torch.utils.data import DataLoader
 
     from safe.data.datasets import LlavaCollator, ManifestDataset
-    from safe.training.losses import answer_positions, grounding_targets
+    from safe.training.losses import answer_positions, grounding_targets, target_attention
 
     loader = DataLoader(ManifestDataset(manifest, None, features=store, records=records), batch_size=batch_size,
                         collate_fn=LlavaCollator(model.base, store.embed_dim, with_answers=True))
@@ -45,9 +45,9 @@ def fit_table(model, manifest, store, records, budgets, batch_size: int = 64) ->
             where = answer_positions(batch.vl.labels)  # (B, T-1): positions that predict an answer token
             right = logits[:, :-1].argmax(-1) == batch.vl.labels[:, 1:]  # (B, T-1)
             exact += (right | ~where).all(-1).tolist()
-            # (B, T-1) mass on the target per block, averaged over each row's answer positions
+            # mass on the target per block, averaged over each row's answer positions
             mass.append(torch.stack([
-                ((a.mean(1)[:, :-1] * targets.unsqueeze(1).float()).sum(-1) * where).sum(-1) / where.sum(-1).clamp(min=1)
+                (target_attention(a, targets)[:, :-1] * where).sum(-1) / where.sum(-1).clamp(min=1)
                 for a in attention], 1))  # (B, blocks)
         table[str(budget)] = {"exact": round(float(np.mean(exact)), 3),
                               "mass": [round(float(m), 3) for m in torch.cat(mass).mean(0)], "n": len(exact)}

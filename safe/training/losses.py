@@ -141,6 +141,12 @@ def grounding_targets(spans: torch.Tensor, budgets: torch.Tensor, num_tokens: in
     return (inside >= best - 1e-6) & (best > 0)
 
 
+def target_attention(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Attention mass (mean over heads) each query position puts on the target tokens: (B, H, T, K) weights,
+    (B, K) bool targets -> (B, T)."""
+    return (probs.mean(1) * targets.unsqueeze(1).to(probs.dtype)).sum(-1)
+
+
 def grounding_loss(attentions: list[torch.Tensor], targets: torch.Tensor, labels: torch.Tensor,
                    normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
     """-log of the attention mass (mean over heads) the answer's positions put on the target tokens, averaged over
@@ -154,7 +160,6 @@ def grounding_loss(attentions: list[torch.Tensor], targets: torch.Tensor, labels
         return torch.zeros((), device=labels.device)
     nll = torch.zeros((), device=labels.device)
     for probs in attentions:
-        mass = (probs.mean(1) * targets.unsqueeze(1).to(probs.dtype)).sum(-1)  # (B, T)
-        nll = nll - torch.log(mass[where].clamp(min=1e-6)).sum()
+        nll = nll - torch.log(target_attention(probs, targets)[where].clamp(min=1e-6)).sum()
     n = where.sum() if normalizer is None else normalizer
     return nll / len(attentions) / n
