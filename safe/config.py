@@ -370,17 +370,12 @@ class StageCConfig:
     """The gate consults audio when its P(budget > 0) reaches this; saved with the gate, it is the deploy-time knob
     (`safe infer --audio-threshold`) that trades skip rate against accuracy without retraining (evaluate reports
     the trade, `audio_threshold_curve` in data/eval/details.json)."""
-    skip_rate_low: float = 0.45
-    skip_rate_high: float = 0.65
+    skip_band_confidence: float = 0.95
     """Stage C moves the threshold, on validation, to the nearest value whose skip rate over examples with a clip
-    lies in [skip_rate_low, skip_rate_high] (`threshold_for_skip_band`): the promotion band with a margin for the
-    validation-to-test sampling error (docs/EXPERIMENTS.md#skip-band). 0 and 1 keep the threshold as it is."""
+    lies inside the promotion band (`promote.skip_rate_min/max`) with its exact two-sided interval at this
+    confidence, not only its point estimate (`threshold_for_skip_band`; docs/EXPERIMENTS.md#skip-band-bound).
+    0 holds only the point estimate inside the band."""
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check(self.skip_rate_low <= self.skip_rate_high,
-               f"stage_c.skip_rate_low ({self.skip_rate_low}) must not exceed stage_c.skip_rate_high "
-               f"({self.skip_rate_high})")
 
 
 @dataclass(frozen=True)
@@ -501,7 +496,7 @@ RANGES: dict[str, _Rule] = {
     "stage_b.seed": _NONNEG_INT,
     "stage_b.latency_examples": _COUNT,
     "stage_c.epochs": _COUNT, "stage_c.lr": _POS_NUM, "stage_c.hidden_dim": _NONNEG_INT, "stage_c.seed": _NONNEG_INT,
-    "stage_c.audio_threshold": _SHARE, "stage_c.skip_rate_low": _SHARE, "stage_c.skip_rate_high": _SHARE,
+    "stage_c.audio_threshold": _SHARE, "stage_c.skip_band_confidence": _between(0, 1, open_hi=True),
     "evaluate.bootstrap": _COUNT, "evaluate.latency_examples": _COUNT, "evaluate.max_new_tokens": _COUNT,
     "evaluate.batch_size": _COUNT, "evaluate.seed": _NONNEG_INT,
     "promote.max_retention_drop": _SHARE, "promote.min_audio_gain": _between(-1, 1), "promote.skip_rate_min": _SHARE,

@@ -85,7 +85,8 @@ PROFILE_DEFAULTS_WHEN_MOVED = {
                   "fusion_gate_floor": 0.7,  # docs/EXPERIMENTS.md#gate-floor
                   "fusion_gate_reads": "words"},  # docs/EXPERIMENTS.md#grounding
         "base_vl": {"epochs": 10, "batch_size": 64, "lr": 1e-3, "vision_pretrain_epochs": 40,
-                    "question_lm_weight": 1.0},  # docs/EXPERIMENTS.md#question-lm
+                    "question_lm_weight": 1.0,  # docs/EXPERIMENTS.md#question-lm
+                    "subword_dropout": 0.1},  # docs/EXPERIMENTS.md#subword-dropout
         "stage_a": {"steps": 1600, "eval_every": 100,  # docs/EXPERIMENTS.md#gate-reads-words
                     "retention_flip_tolerance": 0.02},  # docs/EXPERIMENTS.md#stage-a-flip-tolerance
         "stage_b": {"steps": 800},

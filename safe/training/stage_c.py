@@ -93,29 +93,52 @@ def distill_gate(policy: AudioPolicyNetwork, states: Any, config: Any, action_ma
     return gate, report
 
 
+def skip_rate_interval(skipped: int, n: int, confidence: float) -> tuple[float, float]:
+    """Two-sided exact (Clopper-Pearson) interval of a skip rate seen as `skipped` of `n`; the point when
+    confidence is 0, (nan, nan) when n is 0."""
+    if n == 0:
+        return float("nan"), float("nan")
+    if confidence == 0:
+        return skipped / n, skipped / n
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(skipped), int(n)).proportion_ci(confidence, method="exact")
+    return float(ci.low), float(ci.high)
+
+
 @torch.no_grad()
 def threshold_for_skip_band(gate: BudgetGate, states: Any, action_mask: Any, has_audio: Any, low: float,
-                            high: float) -> dict[str, float]:
+                            high: float, confidence: float = 0.95) -> dict[str, float]:
     """The audio threshold nearest the gate's own whose skip rate over the rows with a clip (validation rows:
-    choose on validation) lies in [low, high]; the gate's own when it already does.
+    choose on validation) lies in [low, high] with its exact `confidence` interval, not only its point estimate;
+    the gate's own when it already does.
 
     Stage B maximises reward and nothing else holds its operating point inside the skip-rate band the promotion
     gate checks; the threshold moves it without retraining. Raising it skips the rows the gate is least sure need
-    audio. Returns threshold, skip_rate_before, skip_rate_after (over rows with a clip) and n."""
+    audio. A point estimate inside the band is not enough on a few hundred validation rows: the
+    interval must fit (docs/EXPERIMENTS.md#skip-band-bound). When no threshold's interval fits, the one whose interval sticks out least.
+    Returns threshold, skip_rate_before, skip_rate_after, its interval (skip_rate_low, skip_rate_high) and n."""
     if not 0.0 <= low <= high <= 1.0:
         raise ValueError(f"skip-rate band must satisfy 0 <= low <= high <= 1, got [{low}, {high}]")
+    if not 0.0 <= confidence < 1.0:
+        raise ValueError(f"skip-band confidence must lie in [0, 1), got {confidence}")
     rows = torch.as_tensor(np.asarray(has_audio, dtype=bool))
     p = gate.audio_probability(states, action_mask).cpu()[rows]  # (N_audio,) P(budget > 0)
+    n = len(p)
     own = float(gate.audio_threshold)
-    skip = lambda t: float((~consults_audio(p, t)).float().mean()) if len(p) else 0.0  # noqa: E731
-    before = skip(own)
+    skipped = lambda t: int((~consults_audio(p, t)).sum())  # noqa: E731
+
+    def outside(t: float) -> float:
+        """How far the threshold's interval sticks out of [low, high] (0 when it fits)."""
+        lo, hi = skip_rate_interval(skipped(t), n, confidence)
+        return max(low - lo, hi - high, 0.0)
+
     best = own
-    if len(p) and not low <= before <= high:
+    if n and outside(own) > 0:
         # Every distinct skip rate is reached at one of the observed probabilities (or above them all).
         candidates = sorted({*p.tolist(), 1.0, own})
-        inside = [t for t in candidates if low <= skip(t) <= high]
-        if inside:
-            best = min(inside, key=lambda t: abs(t - own))
-        else:  # ties leave no threshold inside: the one whose skip rate is nearest the band
-            best = min(candidates, key=lambda t: (max(low - skip(t), skip(t) - high), abs(t - own)))
-    return {"threshold": best, "skip_rate_before": before, "skip_rate_after": skip(best), "n": float(len(p))}
+        best = min(candidates, key=lambda t: (outside(t), abs(t - own)))
+    interval = skip_rate_interval(skipped(best), n, confidence)
+    return {"threshold": best, "skip_rate_before": skipped(own) / n if n else 0.0,
+            "skip_rate_after": skipped(best) / n if n else 0.0, "skip_rate_low": interval[0],
+            "skip_rate_high": interval[1], "n": float(n)}

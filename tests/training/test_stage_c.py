@@ -10,7 +10,7 @@ from safe.models.policy import AudioPolicyNetwork
 from safe.rl.reward import evaluate_actions
 from safe.training.stage_b import StageBTrainer, evaluate_policy, reward_config_from
 from safe.models.budget_gate import BudgetGate, gate_actions_on, load_gate, save_gate
-from safe.training.stage_c import distill_gate, threshold_for_skip_band
+from safe.training.stage_c import distill_gate, skip_rate_interval, threshold_for_skip_band
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +134,11 @@ def test_skip_band_moves_the_threshold_to_the_nearest_one_inside_and_only_when_o
     p = gate.audio_probability(test.states, mask).numpy()[has]
     skip = lambda t: float(((p < t) | (p <= 0)).mean())  # noqa: E731
     own = skip(gate.audio_threshold)
-    kept = threshold_for_skip_band(gate, test.states, mask, has, max(own - 0.05, 0.0), min(own + 0.05, 1.0))
+    kept = threshold_for_skip_band(gate, test.states, mask, has, max(own - 0.05, 0.0), min(own + 0.05, 1.0),
+                                   confidence=0)
     assert kept["threshold"] == gate.audio_threshold and kept["skip_rate_after"] == pytest.approx(own)
     for low, high in ((min(own + 0.15, 0.95), 1.0), (0.0, max(own - 0.15, 0.05))):
-        band = threshold_for_skip_band(gate, test.states, mask, has, low, high)
+        band = threshold_for_skip_band(gate, test.states, mask, has, low, high, confidence=0)
         assert band["skip_rate_before"] == pytest.approx(own) and band["n"] == has.sum()
         assert low - 1e-6 <= band["skip_rate_after"] <= high + 1e-6
         assert band["skip_rate_after"] == pytest.approx(skip(band["threshold"]))
@@ -147,3 +148,39 @@ def test_skip_band_moves_the_threshold_to_the_nearest_one_inside_and_only_when_o
         assert not any(low <= skip(t) <= high for t in between)
     with pytest.raises(ValueError, match="skip-rate band"):
         threshold_for_skip_band(gate, test.states, mask, has, 0.7, 0.3)
+    with pytest.raises(ValueError, match="confidence"):
+        threshold_for_skip_band(gate, test.states, mask, has, 0.3, 0.7, confidence=1.0)
+
+
+def test_skip_band_with_a_confidence_moves_a_point_inside_the_band_until_its_interval_fits(policy_and_tables):
+    policy, train, test = policy_and_tables
+    gate, _ = distill_gate(policy, train.states, StageCConfig(epochs=100, seed=0), action_mask=train.action_mask())
+    mask, has = test.action_mask(), test.has_audio
+    p = gate.audio_probability(test.states, mask).numpy()[has]
+    n = len(p)
+    skipped = lambda t: int(((p < t) | (p <= 0)).sum())  # noqa: E731
+    own = skipped(gate.audio_threshold) / n
+    # a band the point estimate sits inside, 0.02 from its lower edge: its 95% interval (half-width ~0.06 on
+    # these ~n rows) does not fit, so the threshold moves up until it does
+    low, high = max(own - 0.02, 0.0), min(own + 0.3, 1.0)
+    plain = threshold_for_skip_band(gate, test.states, mask, has, low, high, confidence=0)
+    assert plain["threshold"] == gate.audio_threshold
+    band = threshold_for_skip_band(gate, test.states, mask, has, low, high, confidence=0.95)
+    assert band["skip_rate_before"] == pytest.approx(own)
+    assert band["threshold"] > gate.audio_threshold and band["skip_rate_after"] > own
+    assert low <= band["skip_rate_low"] <= band["skip_rate_after"] <= band["skip_rate_high"] <= high
+    assert (band["skip_rate_low"], band["skip_rate_high"]) == pytest.approx(
+        skip_rate_interval(skipped(band["threshold"]), n, 0.95))
+    # nearest: no observed probability strictly between the two thresholds has an interval that fits
+    between = [t for t in p if gate.audio_threshold < t < band["threshold"]]
+    assert not any(low <= skip_rate_interval(skipped(t), n, 0.95)[0] and
+                   skip_rate_interval(skipped(t), n, 0.95)[1] <= high for t in between)
+
+
+def test_skip_rate_interval_is_the_exact_binomial_one_and_tightens_with_n():
+    lo, hi = skip_rate_interval(60, 132, 0.95)
+    assert lo < 60 / 132 < hi and lo == pytest.approx(0.368, abs=0.002) and hi == pytest.approx(0.542, abs=0.002)
+    lo_big, hi_big = skip_rate_interval(600, 1320, 0.95)
+    assert lo < lo_big < hi_big < hi
+    assert skip_rate_interval(60, 132, 0) == (60 / 132, 60 / 132)
+    assert all(np.isnan(skip_rate_interval(0, 0, 0.95)))
