@@ -40,8 +40,8 @@ def main() -> None:
         print(f"stage_c: gate/policy agreement train={report['agreement_train']:.3f} "
               f"heldout={report['agreement_heldout']:.3f}; audio threshold {band['threshold']:.3f}: val skip rate "
               f"over examples with a clip {band['skip_rate_before']:.3f} -> {band['skip_rate_after']:.3f} "
-              f"({cfg.stage_c.skip_band_confidence:.0%} interval {band['skip_rate_low']:.3f}-{band['skip_rate_high']:.3f}"
-              f", n={band['n']:.0f})")
+              f"({cfg.stage_c.skip_band_confidence:.0%} interval {band['skip_rate_low']:.3f}-"
+              f"{band['skip_rate_high']:.3f}, n={band['n']:.0f})")
         gate_dir = STAGE_B.parent / ".gate.tmp"
         shutil.rmtree(gate_dir, ignore_errors=True)
         save_gate(gate, gate_dir)

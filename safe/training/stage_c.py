@@ -115,8 +115,8 @@ def threshold_for_skip_band(gate: BudgetGate, states: Any, action_mask: Any, has
 
     Stage B maximises reward and nothing else holds its operating point inside the skip-rate band the promotion
     gate checks; the threshold moves it without retraining. Raising it skips the rows the gate is least sure need
-    audio. A point estimate inside the band is not enough on a few hundred validation rows: the
-    interval must fit (docs/EXPERIMENTS.md#skip-band-bound). When no threshold's interval fits, the one whose interval sticks out least.
+    audio. A point estimate inside the band is not enough on a few hundred validation rows: the interval must fit
+    (docs/EXPERIMENTS.md#skip-band-bound). When no threshold's interval fits, the one whose interval sticks out least.
     Returns threshold, skip_rate_before, skip_rate_after, its interval (skip_rate_low, skip_rate_high) and n."""
     if not 0.0 <= low <= high <= 1.0:
         raise ValueError(f"skip-rate band must satisfy 0 <= low <= high <= 1, got [{low}, {high}]")
