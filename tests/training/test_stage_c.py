@@ -127,11 +127,17 @@ def test_row_weights_decide_which_rows_the_gate_imitates(policy_and_tables):
         distill_gate(policy, train.states, cfg, action_mask=mask, row_weights=np.ones(3))
 
 
-def test_skip_band_moves_the_threshold_to_the_nearest_one_inside_and_only_when_outside(policy_and_tables):
+@pytest.fixture(scope="module")
+def gate_on_test(policy_and_tables):
+    """A distilled gate, the test table, its action mask, its has_audio rows and the gate's P(audio) on them."""
     policy, train, test = policy_and_tables
     gate, _ = distill_gate(policy, train.states, StageCConfig(epochs=100, seed=0), action_mask=train.action_mask())
     mask, has = test.action_mask(), test.has_audio
-    p = gate.audio_probability(test.states, mask).numpy()[has]
+    return gate, test, mask, has, gate.audio_probability(test.states, mask).numpy()[has]
+
+
+def test_skip_band_moves_the_threshold_to_the_nearest_one_inside_and_only_when_outside(gate_on_test):
+    gate, test, mask, has, p = gate_on_test
     skip = lambda t: float(((p < t) | (p <= 0)).mean())  # noqa: E731
     own = skip(gate.audio_threshold)
     kept = threshold_for_skip_band(gate, test.states, mask, has, max(own - 0.05, 0.0), min(own + 0.05, 1.0),
@@ -152,11 +158,8 @@ def test_skip_band_moves_the_threshold_to_the_nearest_one_inside_and_only_when_o
         threshold_for_skip_band(gate, test.states, mask, has, 0.3, 0.7, confidence=1.0)
 
 
-def test_skip_band_with_a_confidence_moves_a_point_inside_the_band_until_its_interval_fits(policy_and_tables):
-    policy, train, test = policy_and_tables
-    gate, _ = distill_gate(policy, train.states, StageCConfig(epochs=100, seed=0), action_mask=train.action_mask())
-    mask, has = test.action_mask(), test.has_audio
-    p = gate.audio_probability(test.states, mask).numpy()[has]
+def test_skip_band_with_a_confidence_moves_a_point_inside_the_band_until_its_interval_fits(gate_on_test):
+    gate, test, mask, has, p = gate_on_test
     n = len(p)
     skipped = lambda t: int(((p < t) | (p <= 0)).sum())  # noqa: E731
     own = skipped(gate.audio_threshold) / n
@@ -172,9 +175,9 @@ def test_skip_band_with_a_confidence_moves_a_point_inside_the_band_until_its_int
     assert (band["skip_rate_low"], band["skip_rate_high"]) == pytest.approx(
         skip_rate_interval(skipped(band["threshold"]), n, 0.95))
     # nearest: no observed probability strictly between the two thresholds has an interval that fits
+    fits = lambda lo_hi: low <= lo_hi[0] and lo_hi[1] <= high  # noqa: E731
     between = [t for t in p if gate.audio_threshold < t < band["threshold"]]
-    assert not any(low <= skip_rate_interval(skipped(t), n, 0.95)[0] and
-                   skip_rate_interval(skipped(t), n, 0.95)[1] <= high for t in between)
+    assert not any(fits(skip_rate_interval(skipped(t), n, 0.95)) for t in between)
 
 
 def test_skip_rate_interval_is_the_exact_binomial_one_and_tightens_with_n():
